@@ -1,0 +1,206 @@
+"""Typed config: defaults -> YAML file -> dotted command-line overrides.
+
+Every section forbids unknown keys and checks types strictly, so a typo such as
+`data.batchsize=8` stops the run with one line naming the key instead of being
+silently ignored. Pydantic does the checking; `load_config` turns its errors into
+`ConfigError("data.batch_size: must be >= 1 (got 0)")`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from distcolor.errors import ConfigError
+
+
+class Section(BaseModel):
+    # strict: no "8" -> 8 or true -> 1 coercions; YAML already gives real types.
+    model_config = ConfigDict(extra="forbid", strict=True, validate_assignment=True)
+
+
+class RunConfig(Section):
+    name: str = Field("default", min_length=1, pattern=r"^[A-Za-z0-9._-]+$")
+    """Run folder name: outputs go to `<out_dir>/<name>/`."""
+    out_dir: str = "runs"
+    """Parent folder of all runs."""
+    seed: int = 0
+    """Seeds model initialisation, data order, augmentation and dropout."""
+
+
+class SyntheticConfig(Section):
+    """Procedural scenes built into `data.shards` when that folder has no shards yet."""
+
+    count: int = Field(3000, ge=10)
+    """Number of scenes (split train/test by `data.test_fraction`)."""
+    size: int = Field(96, ge=32, le=512)
+    """Side of each square scene in pixels."""
+    seed: int = 0
+    """Scene seed: the same seed always gives the same dataset."""
+    shard_size: int = Field(100, ge=1)
+    """Samples per tar shard."""
+    test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    """Share of samples held out for testing (the original project's 80/20 split)."""
+
+
+class DataConfig(Section):
+    shards: str = "shards/default"
+    """Folder with train-*.tar, test-*.tar and manifest.json (scripts/make_shards.py)."""
+    synthetic: SyntheticConfig | None = None
+    """If set and `shards` holds no shards, build this synthetic dataset there first."""
+    image_size: int = Field(64, ge=16)
+    """Side of the square training crop; must be divisible by 2**model.g_depth."""
+    batch_size: int = Field(16, ge=1)
+    """Images per step on each process."""
+    num_workers: int = Field(2, ge=0)
+    """Loader worker processes per rank (decode + grayscale + crop run there)."""
+    shuffle_buffer: int = Field(256, ge=1)
+    """Samples held in the per-worker shuffle buffer."""
+
+
+class ModelConfig(Section):
+    g_width: int = Field(32, ge=1)
+    """Generator base filters (pix2pix ngf); 64 in the paper."""
+    g_depth: int = Field(6, ge=2, le=10)
+    """Generator down-samplings; 8 in the paper (256 px inputs)."""
+    g_dropout: float = Field(0.5, ge=0.0, lt=1.0)
+    """Dropout in the generator's inner wide decoder blocks, as pix2pix."""
+    d_width: int = Field(32, ge=1)
+    """Discriminator base filters (pix2pix ndf); 64 in the paper."""
+    d_layers: int = Field(3, ge=1, le=6)
+    """Discriminator stride-2 layers; 3 gives the 70x70 PatchGAN."""
+    norm: Literal["batch", "instance", "none"] = "batch"
+    """Normalisation layer of both networks."""
+
+
+class TrainConfig(Section):
+    max_steps: int = Field(300, ge=1)
+    """Optimizer steps (each: one D update, one G update)."""
+    lr_g: float = Field(2e-4, gt=0.0)
+    lr_d: float = Field(2e-4, gt=0.0)
+    betas: list[float] = Field(default_factory=lambda: [0.5, 0.999], min_length=2, max_length=2)
+    """Adam betas, as pix2pix."""
+    l1_weight: float = Field(100.0, ge=0.0)
+    """Lambda of the generator's L1 term (adversarial + lambda * L1)."""
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    log_every: int = Field(10, ge=1)
+    """Steps between loss/throughput logs."""
+    sample_every: int = Field(100, ge=1)
+    """Steps between sample grids (TensorBoard + samples/)."""
+    ckpt_every: int = Field(100, ge=1)
+    """Steps between checkpoints; one is always written at the end."""
+    keep_last: int = Field(3, ge=1)
+    """Checkpoints kept on disk (oldest deleted first)."""
+    eval_images: int = Field(512, ge=0)
+    """Held-out images scored at the end of the run (0 turns the final evaluation off)."""
+
+    @field_validator("betas")
+    @classmethod
+    def _betas_in_range(cls, betas: list[float]) -> list[float]:
+        if not all(0.0 <= b < 1.0 for b in betas):
+            raise ValueError(f"each must be in [0, 1) (got {betas})")
+        return betas
+
+
+class Config(Section):
+    run: RunConfig = RunConfig()
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+
+    @model_validator(mode="after")
+    def _sizes_fit_networks(self) -> Config:
+        multiple = 2**self.model.g_depth
+        if self.data.image_size % multiple:
+            raise ValueError(
+                f"data.image_size: {self.data.image_size} is not divisible by "
+                f"2**model.g_depth = {multiple}"
+            )
+        return self
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.run.out_dir) / self.run.name
+
+
+def _format_error(err: ValidationError) -> str:
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"])
+    msg = first["msg"]
+    if first["type"] == "extra_forbidden":
+        return f"{loc}: unknown key"
+    if msg.startswith("Value error, "):
+        # Cross-field checks already name their key(s).
+        msg = msg.removeprefix("Value error, ")
+        return msg if not loc else f"{loc}: {msg}"
+    got = first.get("input")
+    shown = "" if isinstance(got, dict) else f" (got {got!r})"
+    return f"{loc}: {msg[0].lower()}{msg[1:]}{shown}"
+
+
+def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = tree
+    for depth, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if child is None:  # e.g. `data.synthetic: null` then `data.synthetic.count=10`
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"{'.'.join(parts[: depth + 1])}: is not a section, cannot set {key}")
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
+    """`["train.max_steps=50"]` -> `[("train.max_steps", 50)]`; values are parsed as YAML."""
+    parsed = []
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key or any(not p for p in key.split(".")):
+            raise ConfigError(f"override {item!r}: expected section.key=value")
+        try:
+            value = yaml.safe_load(raw) if raw else ""
+        except yaml.YAMLError:
+            value = raw  # not YAML: keep the text, the schema decides if a string fits
+        parsed.append((key, value))
+    return parsed
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults, then the YAML file (if any), then dotted overrides; raises ConfigError."""
+    tree: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML ({err.__class__.__name__})") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: top level must be a mapping of sections")
+        tree = loaded or {}
+    for key, value in parse_overrides(overrides or []):
+        _set_dotted(tree, key, value)
+    return config_from_dict(tree)
+
+
+def config_from_dict(tree: dict[str, Any]) -> Config:
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as err:
+        raise ConfigError(_format_error(err)) from None
+
+
+def config_to_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

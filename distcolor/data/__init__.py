@@ -1,0 +1,1 @@
+"""Data: sources -> WebDataset shards -> streaming loader."""

@@ -1,0 +1,260 @@
+"""Streaming loader: shards -> (lightness, chroma) batches, decoded on the worker processes.
+
+Every rank reads its own shards (split here, not by `accelerator.prepare`, whose
+`dispatch_batches` would make rank 0 read everything) and every worker its own
+part of those. The training stream is infinite (epochs follow each other), so all
+ranks run the same number of steps, and deterministic given (seed, rank, worker
+count), so a resumed run can fast-forward to the exact batch it stopped at:
+
+- epoch e reshuffles the shard list with seed (seed, e); rank r takes every
+  world-th shard, worker w every num_workers-th shard of those;
+- a shuffle buffer seeded with (seed, e, rank, w) mixes samples across shards;
+- crops and flips are seeded per sample with (seed, e, key);
+- the DataLoader takes batches from its workers round-robin, so global batch i is
+  batch i // num_workers of worker i % num_workers.
+
+Fast-forward skips whole epochs without reading them (the manifest gives their
+length) and decodes only the epoch it lands in. A sample that fails to decode is
+skipped, counted in the batch's `skipped` field and warned about; it never stops
+training.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import random
+import warnings
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+import webdataset as wds
+from PIL import Image
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from distcolor.color import gray_to_lightness, rgb_to_chroma, uint8_to_unit
+from distcolor.errors import UserError
+
+Shards = list[tuple[str, int]]
+JITTER = 1.125  # train crops come from images resized to 1.125x the crop (pix2pix: 286 -> 256)
+
+
+def _worker() -> tuple[int, int]:
+    info = get_worker_info()
+    return (info.id, info.num_workers) if info is not None else (0, 1)
+
+
+def _decode(sample: dict) -> Image.Image | None:
+    data = sample.get("jpg")
+    if not data:
+        return None
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+            return image.convert("RGB")
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        return None
+
+
+def _resize_shorter(image: Image.Image, side: int) -> Image.Image:
+    scale = side / min(image.size)
+    size = (max(side, round(image.width * scale)), max(side, round(image.height * scale)))
+    return image.resize(size, Image.Resampling.BICUBIC)
+
+
+def train_view(image: Image.Image, size: int, rng: random.Random) -> Image.Image:
+    """Random crop of `size` from the image resized to JITTER * size, flipped half the time."""
+    image = _resize_shorter(image, round(size * JITTER))
+    x = rng.randint(0, image.width - size)
+    y = rng.randint(0, image.height - size)
+    image = image.crop((x, y, x + size, y + size))
+    if rng.random() < 0.5:
+        image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    return image
+
+
+def eval_view(image: Image.Image, size: int) -> Image.Image:
+    """Deterministic centre crop of `size` from the image resized to `size` on its shorter side."""
+    image = _resize_shorter(image, size)
+    x, y = (image.width - size) // 2, (image.height - size) // 2
+    return image.crop((x, y, x + size, y + size))
+
+
+def make_batch(images: list[Image.Image], skipped: int) -> dict:
+    """PIL crops -> {'L': (B,1,H,W), 'ab': (B,2,H,W), 'rgb': uint8 (B,3,H,W), 'skipped': int}."""
+    rgb = torch.from_numpy(np.stack([np.asarray(im) for im in images])).permute(0, 3, 1, 2)
+    # The model's input is PIL's grayscale, i.e. what a black-and-white photo of the scene holds.
+    gray = torch.from_numpy(np.stack([np.asarray(im.convert("L")) for im in images]))[:, None]
+    return {
+        "L": gray_to_lightness(uint8_to_unit(gray)),
+        "ab": rgb_to_chroma(uint8_to_unit(rgb)),
+        "rgb": rgb.contiguous(),
+        "skipped": skipped,
+    }
+
+
+class _SkipCounter:
+    """Webdataset error handler that warns, counts and carries on."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __call__(self, err: Exception) -> bool:
+        self.count += 1
+        warnings.warn(f"skipping unreadable shard data: {err!r}", stacklevel=2)
+        return True
+
+
+def _samples(shards: list[str], counter: _SkipCounter) -> Iterator[dict]:
+    return iter(wds.tarfile_samples([{"url": s} for s in shards], handler=counter))
+
+
+class TrainStream(IterableDataset):
+    """Infinite, resumable stream of training batches for one rank."""
+
+    def __init__(
+        self,
+        shards: Shards,
+        *,
+        image_size: int,
+        batch_size: int,
+        shuffle_buffer: int,
+        seed: int,
+        rank: int,
+        world_size: int,
+        skip_batches: int = 0,
+    ) -> None:
+        self.shards, self.image_size, self.batch_size = shards, image_size, batch_size
+        self.shuffle_buffer, self.seed = shuffle_buffer, seed
+        self.rank, self.world_size, self.skip_batches = rank, world_size, skip_batches
+
+    def epoch_shards(self, epoch: int, worker: int, num_workers: int) -> Shards:
+        order = list(self.shards)
+        random.Random(f"{self.seed}:{epoch}").shuffle(order)
+        return order[self.rank :: self.world_size][worker::num_workers]
+
+    def _epoch_batches(self, shards: Shards, epoch: int, worker: int) -> Iterator[dict]:
+        counter = _SkipCounter()
+        rng = random.Random(f"{self.seed}:{epoch}:{self.rank}:{worker}")
+        stream = _samples([path for path, _ in shards], counter)
+        stream = wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer, rng=rng)(stream)
+        images: list[Image.Image] = []
+        reported = 0
+        for sample in stream:
+            image = _decode(sample)
+            if image is None:
+                counter(ValueError(f"undecodable image in sample {sample.get('__key__')!r} "
+                                   f"of {sample.get('__url__')}"))
+                continue
+            key_rng = random.Random(f"{self.seed}:{epoch}:{sample['__key__']}")
+            images.append(train_view(image, self.image_size, key_rng))
+            if len(images) == self.batch_size:
+                yield make_batch(images, counter.count - reported)
+                reported, images = counter.count, []
+        # The partial batch at an epoch's end is dropped: every batch has batch_size images.
+
+    def __iter__(self) -> Iterator[dict]:
+        worker, num_workers = _worker()
+        # Global batches this worker would have produced before the resume point.
+        skip = len(range(worker, self.skip_batches, num_workers))
+        for epoch in itertools.count():
+            shards = self.epoch_shards(epoch, worker, num_workers)
+            expected = sum(count for _, count in shards) // self.batch_size
+            if expected == 0:
+                raise RuntimeError(f"worker {worker} of rank {self.rank} got no full batch")
+            if skip >= expected:  # whole epoch before the resume point: do not read it
+                skip -= expected
+                continue
+            for batch in self._epoch_batches(shards, epoch, worker):
+                if skip:
+                    skip -= 1
+                    continue
+                yield batch
+
+
+class EvalStream(IterableDataset):
+    """One deterministic pass over the first `limit` samples of a split, centre-cropped.
+
+    Sample i goes to reader slot i % (world_size * num_workers), so ranks and their
+    workers see disjoint samples and together see each of the first `limit` once.
+    """
+
+    def __init__(
+        self, shards: Shards, *, image_size: int, batch_size: int, rank: int, world_size: int,
+        limit: int | None = None,
+    ) -> None:
+        self.shards, self.image_size, self.batch_size = shards, image_size, batch_size
+        self.rank, self.world_size, self.limit = rank, world_size, limit
+
+    def __iter__(self) -> Iterator[dict]:
+        worker, num_workers = _worker()
+        slots = self.world_size * num_workers
+        slot = self.rank * num_workers + worker
+        counter = _SkipCounter()
+        images: list[Image.Image] = []
+        reported = 0
+        samples = _samples([path for path, _ in self.shards], counter)
+        for i, sample in enumerate(itertools.islice(samples, self.limit)):
+            if i % slots != slot:
+                continue
+            image = _decode(sample)
+            if image is None:
+                counter(ValueError(f"undecodable image in sample {sample.get('__key__')!r}"))
+                continue
+            images.append(eval_view(image, self.image_size))
+            if len(images) == self.batch_size:
+                yield make_batch(images, counter.count - reported)
+                reported, images = counter.count, []
+        if images:
+            yield make_batch(images, counter.count - reported)
+
+
+def check_train_split(shards: Shards, *, batch_size: int, world_size: int, num_workers: int) -> None:
+    """UserError naming the setting when the shards cannot feed every rank and worker."""
+    readers = world_size * max(num_workers, 1)
+    if len(shards) < readers:
+        raise UserError(
+            f"data.num_workers: {len(shards)} train shards cannot feed {world_size} rank(s) x "
+            f"{max(num_workers, 1)} worker(s); lower data.num_workers or write smaller shards"
+        )
+    # Worst case: a reader gets the fewest shards, and the smallest ones.
+    fewest = len(shards) // readers
+    smallest = sum(sorted(count for _, count in shards)[:fewest])
+    if smallest < batch_size:
+        raise UserError(
+            f"data.batch_size: {batch_size} is more than the {smallest} samples one loader "
+            f"worker may get per epoch; lower data.batch_size or data.num_workers"
+        )
+
+
+def build_train_loader(
+    shards: Shards, *, image_size: int, batch_size: int, num_workers: int, shuffle_buffer: int,
+    seed: int, rank: int, world_size: int, skip_batches: int = 0,
+) -> DataLoader:
+    check_train_split(shards, batch_size=batch_size, world_size=world_size, num_workers=num_workers)
+    stream = TrainStream(
+        shards, image_size=image_size, batch_size=batch_size, shuffle_buffer=shuffle_buffer,
+        seed=seed, rank=rank, world_size=world_size, skip_batches=skip_batches,
+    )
+    return _loader(stream, num_workers)
+
+
+def build_eval_loader(
+    shards: Shards, *, image_size: int, batch_size: int, num_workers: int, rank: int,
+    world_size: int, limit: int | None = None,
+) -> DataLoader:
+    stream = EvalStream(shards, image_size=image_size, batch_size=batch_size, rank=rank,
+                        world_size=world_size, limit=limit)
+    return _loader(stream, num_workers)
+
+
+def _loader(stream: IterableDataset, num_workers: int) -> DataLoader:
+    # batch_size=None: the stream already yields whole batches built on the workers.
+    return DataLoader(
+        stream,
+        batch_size=None,
+        num_workers=num_workers,
+        pin_memory=torch.cuda.is_available(),
+        prefetch_factor=4 if num_workers > 0 else None,
+    )

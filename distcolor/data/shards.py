@@ -1,0 +1,232 @@
+"""Writing WebDataset shards: stable train/test split, exact-duplicate removal, manifest.
+
+Layout written to `out/`: `train-000000.tar ...`, `test-000000.tar ...` and, last,
+`manifest.json`. A folder without a manifest is incomplete (the loader refuses it),
+so an interrupted build never passes for a finished one. Each shard is written under
+a temporary name and renamed into place when complete.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from multiprocessing import Pool
+from pathlib import Path
+
+import webdataset as wds
+
+from distcolor import __version__
+from distcolor.config import SyntheticConfig
+from distcolor.data.sources import Sample, Skip, iter_folder, load_image_file, synthetic_samples
+from distcolor.errors import UserError
+
+MANIFEST = "manifest.json"
+SPLITS = ("train", "test")
+FORMAT_VERSION = 1
+
+
+def assign_split(digest: str, *, seed: int, test_fraction: float) -> str:
+    """'train' or 'test' from the content hash alone, so adding inputs never moves old ones."""
+    h = hashlib.sha256(f"{seed}:{digest}".encode()).digest()
+    return "test" if int.from_bytes(h[:8], "big") / 2**64 < test_fraction else "train"
+
+
+class _SplitWriter:
+    """Rolls one split's samples into numbered tar shards of `shard_size` samples."""
+
+    def __init__(self, out: Path, split: str, shard_size: int) -> None:
+        self.out, self.split, self.shard_size = out, split, shard_size
+        self.shards: list[dict] = []
+        self._tar: wds.TarWriter | None = None
+        self._tmp: Path | None = None
+        self._count = 0
+
+    def write(self, sample: Sample) -> None:
+        if self._tar is None:
+            name = f"{self.split}-{len(self.shards):06d}.tar"
+            self._tmp = self.out / f".{name}.tmp"
+            # mtime fixed: the same inputs give byte-identical shards.
+            self._tar = wds.TarWriter(str(self._tmp), encoder=False, mtime=0.0)
+            self.shards.append({"file": name, "count": 0})
+        record = {
+            "__key__": sample.key,
+            "jpg": sample.jpeg,
+            "json": json.dumps(sample.meta, sort_keys=True).encode(),
+        }
+        self._tar.write(record)
+        self.shards[-1]["count"] += 1
+        if self.shards[-1]["count"] == self.shard_size:
+            self._finish_shard()
+
+    def _finish_shard(self) -> None:
+        if self._tar is not None:
+            self._tar.close()
+            os.replace(self._tmp, self.out / self.shards[-1]["file"])
+            self._tar = None
+
+    def close(self) -> dict:
+        self._finish_shard()
+        return {"count": sum(s["count"] for s in self.shards), "shards": self.shards}
+
+
+def _clear_previous(out: Path) -> None:
+    # Manifest first: if we die half-way the folder reads as incomplete, not as stale-but-valid.
+    (out / MANIFEST).unlink(missing_ok=True)
+    for split in SPLITS:
+        for old in out.glob(f"{split}-*.tar"):
+            old.unlink()
+    for tmp in out.glob(".*.tar.tmp"):
+        tmp.unlink()
+
+
+def write_shards(
+    records: Iterable[Sample | Skip],
+    out: Path,
+    *,
+    shard_size: int,
+    test_fraction: float,
+    seed: int,
+    overwrite: bool = False,
+    settings: dict | None = None,
+) -> dict:
+    """Write every Sample to its split's shards, list every Skip; returns the manifest."""
+    out = Path(out)
+    if (out / MANIFEST).exists() and not overwrite:
+        raise UserError(f"{out} already holds shards (manifest.json); pass --overwrite to replace")
+    out.mkdir(parents=True, exist_ok=True)
+    _clear_previous(out)
+    writers = {s: _SplitWriter(out, s, shard_size) for s in SPLITS}
+    seen: set[str] = set()
+    per_source: dict[str, Counter] = {}
+    skipped: list[dict] = []
+    duplicates = 0
+    for rec in records:
+        if isinstance(rec, Skip):
+            skipped.append({"path": rec.path, "reason": rec.reason})
+            continue
+        digest = rec.meta["sha256"]
+        if digest in seen:
+            duplicates += 1
+            continue
+        seen.add(digest)
+        split = assign_split(digest, seed=seed, test_fraction=test_fraction)
+        writers[split].write(rec)
+        per_source.setdefault(rec.meta["source"], Counter())[split] += 1
+    manifest = {
+        "format": FORMAT_VERSION,
+        "created_by": f"distcolor {__version__}",
+        "seed": seed,
+        "test_fraction": test_fraction,
+        "settings": settings or {},
+        "splits": {s: w.close() for s, w in writers.items()},
+        "sources": {k: {s: c[s] for s in SPLITS} for k, c in sorted(per_source.items())},
+        "duplicates": duplicates,
+        "skipped_count": len(skipped),
+        "skipped": skipped,
+    }
+    tmp = out / f".{MANIFEST}.tmp"
+    tmp.write_text(json.dumps(manifest, indent=2))
+    os.replace(tmp, out / MANIFEST)
+    return manifest
+
+
+def _folder_records(
+    name: str, root: Path, *, size: int, quality: int, workers: int
+) -> Iterator[Sample | Skip]:
+    if not root.is_dir():
+        raise UserError(f"--source {name}={root}: folder does not exist")
+    load = functools.partial(load_image_file, root=root, source=name, size=size, quality=quality)
+    paths = list(iter_folder(root))
+    if workers <= 1:
+        yield from map(load, paths)
+        return
+    with Pool(workers) as pool:
+        # imap keeps input order, so the shards are the same whatever the worker count.
+        yield from pool.imap(load, paths, chunksize=16)
+
+
+def build_shards(
+    out: Path,
+    *,
+    folders: list[tuple[str, Path]] = (),
+    synthetic: int = 0,
+    synthetic_size: int = 96,
+    synthetic_seed: int = 0,
+    size: int = 286,
+    quality: int = 95,
+    shard_size: int = 1000,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    workers: int = 1,
+    overwrite: bool = False,
+) -> dict:
+    """Read every source, write shards + manifest to `out`; UserError if nothing was usable."""
+    if not folders and synthetic <= 0:
+        raise UserError("nothing to shard: give --source NAME=DIR and/or --synthetic N")
+    for name, _ in folders:
+        if not name or "-" in name or "." in name:
+            raise UserError(f"--source {name!r}: names are letters, digits and _ only")
+
+    def records() -> Iterator[Sample | Skip]:
+        for name, root in folders:
+            yield from _folder_records(name, Path(root), size=size, quality=quality,
+                                       workers=workers)
+        if synthetic > 0:
+            yield from synthetic_samples(synthetic, size=synthetic_size, seed=synthetic_seed,
+                                         quality=quality)
+
+    settings = {"size": size, "quality": quality, "shard_size": shard_size}
+    manifest = write_shards(records(), Path(out), shard_size=shard_size,
+                            test_fraction=test_fraction, seed=seed, overwrite=overwrite,
+                            settings=settings)
+    total = sum(manifest["splits"][s]["count"] for s in SPLITS)
+    if total == 0:
+        raise UserError(
+            f"no usable images found ({manifest['skipped_count']} inputs skipped; "
+            f"see {Path(out) / MANIFEST})"
+        )
+    return manifest
+
+
+def read_manifest(folder: Path, *, key: str = "data.shards") -> dict:
+    """The manifest of a finished shard folder, or a UserError naming `key` and what is wrong."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"{key}: folder {folder} does not exist")
+    path = folder / MANIFEST
+    if not path.is_file():
+        what = "is empty" if not any(folder.iterdir()) else "has no manifest.json (incomplete?)"
+        raise UserError(f"{key}: {folder} {what}; build shards with scripts/make_shards.py")
+    try:
+        manifest = json.loads(path.read_text())
+        splits = manifest["splits"]
+        for split in SPLITS:
+            for shard in splits[split]["shards"]:
+                if not (folder / shard["file"]).is_file():
+                    raise UserError(f"{key}: {folder / shard['file']} listed in manifest is missing")
+    except (ValueError, KeyError, TypeError):
+        raise UserError(f"{key}: {path} is not a distcolor manifest") from None
+    return manifest
+
+
+def shard_list(folder: Path, manifest: dict, split: str) -> list[tuple[str, int]]:
+    """[(path, sample count)] of one split's shards, in manifest order."""
+    return [(str(Path(folder) / s["file"]), s["count"]) for s in manifest["splits"][split]["shards"]]
+
+
+def ensure_shards(folder: Path, synthetic: SyntheticConfig | None, *, log=print) -> dict:
+    """The manifest of `folder`; first builds the synthetic dataset there if the config asks for
+    one and the folder holds no finished shards. Errors name `data.shards`."""
+    folder = Path(folder)
+    if synthetic is not None and not (folder / MANIFEST).is_file():
+        log(f"building synthetic dataset: {synthetic.count} scenes at {synthetic.size} px -> {folder}")
+        build_shards(
+            folder, synthetic=synthetic.count, synthetic_size=synthetic.size,
+            synthetic_seed=synthetic.seed, size=synthetic.size, shard_size=synthetic.shard_size,
+            test_fraction=synthetic.test_fraction, seed=synthetic.seed, overwrite=True,
+        )
+    return read_manifest(folder)

@@ -1,0 +1,48 @@
+"""PatchGAN discriminator (pix2pix NLayerDiscriminator): (L, a, b) -> a grid of real/fake scores.
+
+With `layers=3` each output score sees a 70x70 patch of the input.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from distcolor.models.layers import conv_bias, init_weights, make_norm
+
+
+def patch_output_size(size: int, layers: int) -> int:
+    """Side of the score grid for a `size`-pixel input (4x4 convs: `layers` stride-2, 2 stride-1)."""
+    for _ in range(layers):
+        size = (size + 2 - 4) // 2 + 1
+    for _ in range(2):
+        size = size + 2 - 4 + 1
+    return size
+
+
+class PatchDiscriminator(nn.Module):
+    def __init__(
+        self, *, in_channels: int = 3, width: int = 64, layers: int = 3, norm: str = "batch"
+    ) -> None:
+        super().__init__()
+        bias = conv_bias(norm)
+        seq: list[nn.Module] = [
+            nn.Conv2d(in_channels, width, 4, stride=2, padding=1),
+            nn.LeakyReLU(0.2, inplace=True),
+        ]
+        mult = 1
+        for n in range(1, layers + 1):
+            prev, mult = mult, min(2**n, 8)
+            stride = 2 if n < layers else 1  # the last wide layer keeps resolution
+            seq += [
+                nn.Conv2d(width * prev, width * mult, 4, stride=stride, padding=1, bias=bias),
+                make_norm(norm, width * mult),
+                nn.LeakyReLU(0.2, inplace=True),
+            ]
+        seq.append(nn.Conv2d(width * mult, 1, 4, stride=1, padding=1))
+        self.net = nn.Sequential(*seq)
+        self.layers = layers
+        init_weights(self)
+
+    def forward(self, lab: torch.Tensor) -> torch.Tensor:
+        return self.net(lab)  # (B, 1, h, w) raw scores, one per patch

@@ -1,0 +1,83 @@
+"""U-Net generator (pix2pix layout): lightness (B, 1, H, W) -> chroma (B, 2, H, W) in [-1, 1].
+
+Encoder block k halves the resolution to width * min(2**k, 8) channels; decoder block k
+takes [skip from encoder k, output of decoder k+1] and doubles the resolution back.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from distcolor.models.layers import conv_bias, init_weights, make_norm
+
+# pix2pix puts dropout in the decoder blocks between the 8x-wide ones (k >= 4) and the innermost.
+_FIRST_DROPOUT_BLOCK = 4
+
+
+class UNetGenerator(nn.Module):
+    def __init__(
+        self,
+        *,
+        in_channels: int = 1,
+        out_channels: int = 2,
+        width: int = 64,
+        depth: int = 8,
+        norm: str = "batch",
+        dropout: float = 0.5,
+    ) -> None:
+        super().__init__()
+        if depth < 2:
+            raise ValueError(f"U-Net depth must be at least 2 (got {depth})")
+        self.depth = depth
+        bias = conv_bias(norm)
+        chans = [width * min(2**k, 8) for k in range(depth)]
+
+        self.down = nn.ModuleList()
+        for k in range(depth):
+            c_in = in_channels if k == 0 else chans[k - 1]
+            layers: list[nn.Module] = [] if k == 0 else [nn.LeakyReLU(0.2, inplace=True)]
+            # The outermost block's input is the image; the innermost output is 1x1 (no norm).
+            layers.append(nn.Conv2d(c_in, chans[k], 4, stride=2, padding=1, bias=bias))
+            if 0 < k < depth - 1:
+                layers.append(make_norm(norm, chans[k]))
+            self.down.append(nn.Sequential(*layers))
+
+        self.up = nn.ModuleList()
+        for k in range(depth):
+            innermost, outermost = k == depth - 1, k == 0
+            c_in = chans[k] if innermost else 2 * chans[k]
+            c_out = out_channels if outermost else chans[k - 1]
+            layers = [
+                nn.ReLU(inplace=True),
+                nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1, bias=outermost or bias),
+            ]
+            if outermost:
+                layers.append(nn.Tanh())
+            else:
+                layers.append(make_norm(norm, c_out))
+                if dropout > 0 and _FIRST_DROPOUT_BLOCK <= k < depth - 1:
+                    layers.append(nn.Dropout(dropout))
+            self.up.append(nn.Sequential(*layers))
+        init_weights(self)
+
+    @property
+    def size_multiple(self) -> int:
+        return 2**self.depth
+
+    def forward(self, lightness: torch.Tensor) -> torch.Tensor:
+        h, w = lightness.shape[-2:]
+        if h % self.size_multiple or w % self.size_multiple:
+            raise ValueError(
+                f"generator input is {h}x{w}; both sides must be divisible by "
+                f"2**depth = {self.size_multiple}"
+            )
+        skips = []
+        x = lightness
+        for block in self.down:
+            x = block(x)
+            skips.append(x)  # skips[k]: (B, chans[k], H / 2**(k+1), W / 2**(k+1))
+        x = self.up[-1](skips[-1])
+        for k in range(self.depth - 2, -1, -1):
+            x = self.up[k](torch.cat([skips[k], x], dim=1))
+        return x  # (B, out_channels, H, W)

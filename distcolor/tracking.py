@@ -1,0 +1,115 @@
+"""What a run shows and records, on rank 0 only: rich progress, TensorBoard, metrics.jsonl, sample PNGs.
+
+Metric names are hierarchical (`loss/G/l1`, `loss/D/real`) so TensorBoard groups them.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import TracebackType
+
+import torch
+from PIL import Image
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from distcolor.color import lab_to_srgb
+
+
+def sample_grid(lightness: torch.Tensor, chroma: torch.Tensor, rgb: torch.Tensor) -> torch.Tensor:
+    """Rows: gray input / generated colour / original, one column per image -> (3, 3H, B*W) in [0, 1].
+
+    lightness (B, 1, H, W) and chroma (B, 2, H, W) are scaled Lab; rgb is uint8 (B, 3, H, W).
+    """
+    lightness, chroma = lightness.detach().float().cpu(), chroma.detach().float().cpu()
+    gray = lab_to_srgb(lightness, torch.zeros_like(chroma))
+    colour = lab_to_srgb(lightness, chroma)
+    original = rgb.cpu().float() / 255.0
+    rows = [torch.cat(list(images), dim=2) for images in (gray, colour, original)]  # (3, H, B*W)
+    return torch.cat(rows, dim=1)
+
+
+def save_png(image: torch.Tensor, path: Path) -> None:
+    """(3, H, W) float in [0, 1] -> PNG."""
+    array = (image.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    Image.fromarray(array).save(path)
+
+
+class Tracker:
+    """Progress bar + TensorBoard + JSONL for the main process; does nothing elsewhere."""
+
+    def __init__(self, run_dir: Path, *, enabled: bool, total_steps: int, start_step: int) -> None:
+        self.enabled = enabled
+        self.run_dir = Path(run_dir)
+        self.console = Console()
+        self._writer = None
+        self._progress: Progress | None = None
+        if not enabled:
+            return
+        from torch.utils.tensorboard import SummaryWriter  # imports tensorboard: main rank only
+
+        (self.run_dir / "samples").mkdir(parents=True, exist_ok=True)
+        self._writer = SummaryWriter(log_dir=str(self.run_dir / "tb"), purge_step=start_step + 1)
+        self._jsonl = open(self.run_dir / "metrics.jsonl", "a")  # noqa: SIM115 (closed in close())
+        self._progress = Progress(
+            TextColumn("[bold]train"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[info]}"),
+            console=self.console,
+        )
+        self._task = self._progress.add_task("train", total=total_steps, completed=start_step,
+                                             info="")
+
+    def __enter__(self) -> Tracker:
+        if self._progress is not None:
+            self._progress.start()
+        return self
+
+    def __exit__(self, exc_type: type | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def advance(self, step: int, info: str | None = None) -> None:
+        if self._progress is not None:
+            fields = {} if info is None else {"info": info}
+            self._progress.update(self._task, completed=step, **fields)
+
+    def log_scalars(self, step: int, scalars: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        for name, value in scalars.items():
+            self._writer.add_scalar(name, value, step)
+        self._jsonl.write(json.dumps({"step": step, **scalars}) + "\n")
+        self._jsonl.flush()
+
+    def log_samples(self, step: int, grid: torch.Tensor) -> Path | None:
+        if not self.enabled:
+            return None
+        self._writer.add_image("samples/gray_output_original", grid, step)
+        path = self.run_dir / "samples" / f"step-{step:08d}.png"
+        save_png(grid, path)
+        return path
+
+    def print(self, *objects: object) -> None:
+        if self.enabled:
+            self.console.print(*objects)
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+        if self._writer is not None:
+            self._writer.close()
+            self._jsonl.close()
+            self._writer = None

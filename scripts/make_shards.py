@@ -1,0 +1,62 @@
+"""Pack images into WebDataset shards: `python scripts/make_shards.py --out shards/NAME SOURCES`.
+
+Sources: `--source NAME=DIR` (a folder walked recursively; repeatable) and/or
+`--synthetic N` (procedural scenes). Writes train-*.tar, test-*.tar and manifest.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from distcolor.cli import run_main
+from distcolor.data.shards import build_shards
+from distcolor.errors import UserError
+
+
+def _source(text: str) -> tuple[str, Path]:
+    name, sep, folder = text.partition("=")
+    if not sep or not name or not folder:
+        raise argparse.ArgumentTypeError(f"expected NAME=DIR, got {text!r}")
+    return name, Path(folder)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", required=True, type=Path, help="output folder (e.g. shards/mydata)")
+    p.add_argument("--source", action="append", type=_source, default=[], metavar="NAME=DIR",
+                   help="image folder to include, walked recursively (repeatable)")
+    p.add_argument("--synthetic", type=int, default=0, metavar="N", help="add N procedural scenes")
+    p.add_argument("--synthetic-size", type=int, default=96, help="side of synthetic scenes (px)")
+    p.add_argument("--size", type=int, default=286, help="resize the shorter side to this (px)")
+    p.add_argument("--quality", type=int, default=95, help="JPEG quality of stored images")
+    p.add_argument("--shard-size", type=int, default=1000, help="samples per shard")
+    p.add_argument("--test-fraction", type=float, default=0.2, help="share held out for testing")
+    p.add_argument("--seed", type=int, default=0, help="split (and synthetic scene) seed")
+    p.add_argument("--workers", type=int, default=1, help="processes decoding input images")
+    p.add_argument("--overwrite", action="store_true", help="replace shards already in --out")
+    a = p.parse_args()
+    for flag, value, ok in [("--size", a.size, a.size >= 16), ("--quality", a.quality, 1 <= a.quality <= 100),
+                            ("--shard-size", a.shard_size, a.shard_size >= 1),
+                            ("--test-fraction", a.test_fraction, 0 <= a.test_fraction < 1),
+                            ("--workers", a.workers, a.workers >= 1),
+                            ("--synthetic", a.synthetic, a.synthetic >= 0)]:
+        if not ok:
+            raise UserError(f"{flag}: invalid value {value}")
+    manifest = build_shards(
+        a.out, folders=a.source, synthetic=a.synthetic, synthetic_size=a.synthetic_size,
+        synthetic_seed=a.seed, size=a.size, quality=a.quality, shard_size=a.shard_size,
+        test_fraction=a.test_fraction, seed=a.seed, workers=a.workers, overwrite=a.overwrite,
+    )
+    splits = manifest["splits"]
+    print(f"wrote {a.out}: train {splits['train']['count']} in {len(splits['train']['shards'])} "
+          f"shards, test {splits['test']['count']} in {len(splits['test']['shards'])} shards, "
+          f"{manifest['duplicates']} duplicates dropped, {manifest['skipped_count']} inputs skipped")
+    for skip in manifest["skipped"][:10]:
+        print(f"  skipped {skip['path']}: {skip['reason']}")
+    if manifest["skipped_count"] > 10:
+        print(f"  ... and {manifest['skipped_count'] - 10} more (see manifest.json)")
+
+
+if __name__ == "__main__":
+    run_main(main)
