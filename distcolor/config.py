@@ -8,6 +8,7 @@ silently ignored. Pydantic does the checking; `load_config` turns its errors int
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,6 +23,21 @@ from pydantic import (
 )
 
 from distcolor.errors import ConfigError
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 reads `1e-3` as a string; accept it as the float everyone means."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?(?:[eE][-+]?[0-9]+)$"),
+    list("-+0123456789"),
+)
+
+
+def _yaml_load(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
 
 
 class Section(BaseModel):
@@ -169,7 +185,7 @@ def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
         if not sep or not key or any(not p for p in key.split(".")):
             raise ConfigError(f"override {item!r}: expected section.key=value")
         try:
-            value = yaml.safe_load(raw) if raw else ""
+            value = _yaml_load(raw) if raw else ""
         except yaml.YAMLError:
             value = raw  # not YAML: keep the text, the schema decides if a string fits
         parsed.append((key, value))
@@ -184,7 +200,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
         try:
-            loaded = yaml.safe_load(path.read_text())
+            loaded = _yaml_load(path.read_text())
         except yaml.YAMLError as err:
             raise ConfigError(f"{path}: not valid YAML ({err.__class__.__name__})") from None
         if loaded is not None and not isinstance(loaded, dict):

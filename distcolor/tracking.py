@@ -1,4 +1,4 @@
-"""What a run shows and records, on rank 0 only: rich progress, TensorBoard, metrics.jsonl, sample PNGs.
+"""What a run shows and records, on rank 0 only: progress bar, TensorBoard, metrics.jsonl, PNGs.
 
 Metric names are hierarchical (`loss/G/l1`, `loss/D/real`) so TensorBoard groups them.
 """
@@ -25,7 +25,7 @@ from distcolor.color import lab_to_srgb
 
 
 def sample_grid(lightness: torch.Tensor, chroma: torch.Tensor, rgb: torch.Tensor) -> torch.Tensor:
-    """Rows: gray input / generated colour / original, one column per image -> (3, 3H, B*W) in [0, 1].
+    """Rows gray input / generated colour / original, a column per image -> (3, 3H, B*W) in [0, 1].
 
     lightness (B, 1, H, W) and chroma (B, 2, H, W) are scaled Lab; rgb is uint8 (B, 3, H, W).
     """
@@ -68,16 +68,18 @@ class Tracker:
             TextColumn("{task.fields[info]}"),
             console=self.console,
         )
-        self._task = self._progress.add_task("train", total=total_steps, completed=start_step,
-                                             info="")
+        self._task = self._progress.add_task(
+            "train", total=total_steps, completed=start_step, info=""
+        )
 
     def __enter__(self) -> Tracker:
         if self._progress is not None:
             self._progress.start()
         return self
 
-    def __exit__(self, exc_type: type | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
     def advance(self, step: int, info: str | None = None) -> None:

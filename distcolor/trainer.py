@@ -37,19 +37,33 @@ SAMPLE_IMAGES = 8  # columns of the sample grid
 
 def build_models(cfg: ModelConfig) -> tuple[UNetGenerator, PatchDiscriminator]:
     """Generator: lightness (1 channel) -> chroma (2); discriminator: (L, a, b) -> patch scores."""
-    generator = UNetGenerator(in_channels=1, out_channels=2, width=cfg.g_width,
-                              depth=cfg.g_depth, norm=cfg.norm, dropout=cfg.g_dropout)
-    discriminator = PatchDiscriminator(in_channels=3, width=cfg.d_width, layers=cfg.d_layers,
-                                       norm=cfg.norm)
+    generator = UNetGenerator(
+        in_channels=1,
+        out_channels=2,
+        width=cfg.g_width,
+        depth=cfg.g_depth,
+        norm=cfg.norm,
+        dropout=cfg.g_dropout,
+    )
+    discriminator = PatchDiscriminator(
+        in_channels=3, width=cfg.d_width, layers=cfg.d_layers, norm=cfg.norm
+    )
     return generator, discriminator
 
 
 class GANStep:
     """One training step of both models; returns the detached losses."""
 
-    def __init__(self, accelerator: Accelerator, generator: nn.Module, discriminator: nn.Module,
-                 opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer, *,
-                 l1_weight: float) -> None:
+    def __init__(
+        self,
+        accelerator: Accelerator,
+        generator: nn.Module,
+        discriminator: nn.Module,
+        opt_g: torch.optim.Optimizer,
+        opt_d: torch.optim.Optimizer,
+        *,
+        l1_weight: float,
+    ) -> None:
         self.accelerator = accelerator
         self.G, self.D, self.opt_g, self.opt_d = generator, discriminator, opt_g, opt_d
         self.l1_weight = l1_weight
@@ -78,8 +92,14 @@ class GANStep:
         self.opt_g.step()
         self.D.requires_grad_(True)
 
-        losses = {"loss/D/total": d["total"], "loss/D/real": d["real"], "loss/D/fake": d["fake"],
-                  "loss/G/total": total, "loss/G/adv": adversarial, "loss/G/l1": l1}
+        losses = {
+            "loss/D/total": d["total"],
+            "loss/D/real": d["real"],
+            "loss/D/fake": d["fake"],
+            "loss/G/total": total,
+            "loss/G/adv": adversarial,
+            "loss/G/l1": l1,
+        }
         return {k: v.detach() for k, v in losses.items()}
 
 
@@ -87,7 +107,10 @@ def code_version() -> str:
     """Package version plus the git commit when run from a checkout."""
     try:
         commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
             cwd=Path(__file__).resolve().parent,
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
@@ -97,8 +120,10 @@ def code_version() -> str:
 
 def _check_sizes(cfg: Config) -> None:
     if patch_output_size(cfg.data.image_size, cfg.model.d_layers) < 1:
-        raise UserError(f"data.image_size: {cfg.data.image_size} px is too small for a "
-                        f"{cfg.model.d_layers}-layer discriminator (model.d_layers)")
+        raise UserError(
+            f"data.image_size: {cfg.data.image_size} px is too small for a "
+            f"{cfg.model.d_layers}-layer discriminator (model.d_layers)"
+        )
 
 
 @torch.no_grad()
@@ -144,8 +169,9 @@ def train(cfg: Config, *, resume: bool = False) -> dict:
             opt_g.load_state_dict(state["opt_g"])
             opt_d.load_state_dict(state["opt_d"])
         except (RuntimeError, KeyError, ValueError) as err:
-            raise UserError(f"--resume: {path} does not fit this config's model "
-                            f"({str(err).splitlines()[0]})") from None
+            raise UserError(
+                f"--resume: {path} does not fit this config's model ({str(err).splitlines()[0]})"
+            ) from None
         start_step = int(state["step"])
         log(f"resuming from {path} (step {start_step})")
 
@@ -154,35 +180,56 @@ def train(cfg: Config, *, resume: bool = False) -> dict:
         (run_dir / "config.yaml").write_text(config_to_yaml(cfg))
 
     generator, discriminator, opt_g, opt_d = accelerator.prepare(
-        generator, discriminator, opt_g, opt_d)
-    step_fn = GANStep(accelerator, generator, discriminator, opt_g, opt_d,
-                      l1_weight=cfg.train.l1_weight)
+        generator, discriminator, opt_g, opt_d
+    )
+    step_fn = GANStep(
+        accelerator, generator, discriminator, opt_g, opt_d, l1_weight=cfg.train.l1_weight
+    )
     data = cfg.data
     loader = build_train_loader(
-        train_shards, image_size=data.image_size, batch_size=data.batch_size,
-        num_workers=data.num_workers, shuffle_buffer=data.shuffle_buffer, seed=cfg.run.seed,
-        rank=rank, world_size=world, skip_batches=start_step,
+        train_shards,
+        image_size=data.image_size,
+        batch_size=data.batch_size,
+        num_workers=data.num_workers,
+        shuffle_buffer=data.shuffle_buffer,
+        seed=cfg.run.seed,
+        rank=rank,
+        world_size=world,
+        skip_batches=start_step,
     )
     # The same held-out images in every sample grid, so progress is visible.
     fixed = None
     if is_main:
-        fixed = next(iter(build_eval_loader(
-            test_shards or train_shards, image_size=data.image_size, batch_size=SAMPLE_IMAGES,
-            num_workers=0, rank=0, world_size=1, limit=SAMPLE_IMAGES)), None)
+        fixed = next(
+            iter(
+                build_eval_loader(
+                    test_shards or train_shards,
+                    image_size=data.image_size,
+                    batch_size=SAMPLE_IMAGES,
+                    num_workers=0,
+                    rank=0,
+                    world_size=1,
+                    limit=SAMPLE_IMAGES,
+                )
+            ),
+            None,
+        )
 
     device = accelerator.device
     version = code_version()
     skipped = 0
     tc = cfg.train
-    with Tracker(run_dir, enabled=is_main, total_steps=tc.max_steps,
-                 start_step=start_step) as tracker:
+    with Tracker(
+        run_dir, enabled=is_main, total_steps=tc.max_steps, start_step=start_step
+    ) as tracker:
         batches = iter(loader)
         t_last, step_last = time.perf_counter(), start_step
         for step in range(start_step + 1, tc.max_steps + 1):
             batch = next(batches)
             torch.manual_seed(step_seed(cfg.run.seed, step, rank))
-            losses = step_fn(batch["L"].to(device, non_blocking=True),
-                             batch["ab"].to(device, non_blocking=True))
+            losses = step_fn(
+                batch["L"].to(device, non_blocking=True), batch["ab"].to(device, non_blocking=True)
+            )
             skipped += batch["skipped"]
 
             if step % tc.log_every == 0 or step == tc.max_steps:
@@ -190,44 +237,72 @@ def train(cfg: Config, *, resume: bool = False) -> dict:
                 images_per_s = (step - step_last) * data.batch_size * world / (now - t_last)
                 t_last, step_last = now, step
                 scalars = {k: v.item() for k, v in losses.items()}
-                scalars.update({"lr/G": opt_g.param_groups[0]["lr"],
-                                "lr/D": opt_d.param_groups[0]["lr"],
-                                "perf/images_per_s": images_per_s,
-                                "data/skipped": float(skipped)})
+                scalars.update(
+                    {
+                        "lr/G": opt_g.param_groups[0]["lr"],
+                        "lr/D": opt_d.param_groups[0]["lr"],
+                        "perf/images_per_s": images_per_s,
+                        "data/skipped": float(skipped),
+                    }
+                )
                 tracker.log_scalars(step, scalars)
-                tracker.advance(step, f"D {scalars['loss/D/total']:.3f}  "
-                                      f"G {scalars['loss/G/adv']:.3f} + "
-                                      f"L1 {scalars['loss/G/l1']:.4f}  {images_per_s:.0f} img/s")
+                tracker.advance(
+                    step,
+                    f"D {scalars['loss/D/total']:.3f}  "
+                    f"G {scalars['loss/G/adv']:.3f} + "
+                    f"L1 {scalars['loss/G/l1']:.4f}  {images_per_s:.0f} img/s",
+                )
             else:
                 tracker.advance(step)
 
-            if is_main and fixed is not None and (step % tc.sample_every == 0
-                                                  or step == tc.max_steps):
+            if (
+                is_main
+                and fixed is not None
+                and (step % tc.sample_every == 0 or step == tc.max_steps)
+            ):
                 tracker.log_samples(step, _samples(generator, fixed, device))
 
             if step % tc.ckpt_every == 0 or step == tc.max_steps:
                 if is_main:
-                    save_checkpoint({
-                        "step": step,
-                        "G": accelerator.unwrap_model(generator).state_dict(),
-                        "D": accelerator.unwrap_model(discriminator).state_dict(),
-                        "opt_g": opt_g.state_dict(),
-                        "opt_d": opt_d.state_dict(),
-                        "config": cfg.model_dump(mode="json"),
-                        "code_version": version,
-                        "world_size": world,
-                        "num_workers": data.num_workers,
-                    }, ckpt_dir, step=step, keep_last=tc.keep_last)
+                    save_checkpoint(
+                        {
+                            "step": step,
+                            "G": accelerator.unwrap_model(generator).state_dict(),
+                            "D": accelerator.unwrap_model(discriminator).state_dict(),
+                            "opt_g": opt_g.state_dict(),
+                            "opt_d": opt_d.state_dict(),
+                            "config": cfg.model_dump(mode="json"),
+                            "code_version": version,
+                            "world_size": world,
+                            "num_workers": data.num_workers,
+                        },
+                        ckpt_dir,
+                        step=step,
+                        keep_last=tc.keep_last,
+                    )
                 accelerator.wait_for_everyone()
 
         result = {"steps": tc.max_steps, "skipped_samples": skipped}
         if tc.eval_images > 0 and test_shards:
-            result.update(held_out_l1(generator, build_eval_loader(
-                test_shards, image_size=data.image_size, batch_size=data.batch_size,
-                num_workers=min(data.num_workers, 2), rank=rank, world_size=world,
-                limit=tc.eval_images), accelerator))
-            tracker.log_scalars(tc.max_steps, {"eval/l1_model": result["l1_model"],
-                                               "eval/l1_no_colour": result["l1_no_colour"]})
+            result.update(
+                held_out_l1(
+                    generator,
+                    build_eval_loader(
+                        test_shards,
+                        image_size=data.image_size,
+                        batch_size=data.batch_size,
+                        num_workers=min(data.num_workers, 2),
+                        rank=rank,
+                        world_size=world,
+                        limit=tc.eval_images,
+                    ),
+                    accelerator,
+                )
+            )
+            tracker.log_scalars(
+                tc.max_steps,
+                {"eval/l1_model": result["l1_model"], "eval/l1_no_colour": result["l1_no_colour"]},
+            )
     if is_main:
         _report(run_dir, result)
     accelerator.end_training()
@@ -239,8 +314,10 @@ def _report(run_dir: Path, result: dict) -> None:
 
     (run_dir / "eval.json").write_text(json.dumps(result, indent=2))
     if "l1_model" in result:
-        print(f"held-out chroma L1 on {result['images']} test images: "
-              f"model {result['l1_model']:.4f} vs no colour {result['l1_no_colour']:.4f}")
+        print(
+            f"held-out chroma L1 on {result['images']} test images: "
+            f"model {result['l1_model']:.4f} vs no colour {result['l1_no_colour']:.4f}"
+        )
     if result["skipped_samples"]:
         print(f"skipped {result['skipped_samples']} unreadable samples")
     print(f"samples:     {run_dir / 'samples'}")

@@ -24,8 +24,14 @@ def _source(text: str) -> tuple[str, Path]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True, type=Path, help="output folder (e.g. shards/mydata)")
-    p.add_argument("--source", action="append", type=_source, default=[], metavar="NAME=DIR",
-                   help="image folder to include, walked recursively (repeatable)")
+    p.add_argument(
+        "--source",
+        action="append",
+        type=_source,
+        default=[],
+        metavar="NAME=DIR",
+        help="image folder to include, walked recursively (repeatable)",
+    )
     p.add_argument("--synthetic", type=int, default=0, metavar="N", help="add N procedural scenes")
     p.add_argument("--synthetic-size", type=int, default=96, help="side of synthetic scenes (px)")
     p.add_argument("--size", type=int, default=286, help="resize the shorter side to this (px)")
@@ -36,22 +42,36 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=1, help="processes decoding input images")
     p.add_argument("--overwrite", action="store_true", help="replace shards already in --out")
     a = p.parse_args()
-    for flag, value, ok in [("--size", a.size, a.size >= 16), ("--quality", a.quality, 1 <= a.quality <= 100),
-                            ("--shard-size", a.shard_size, a.shard_size >= 1),
-                            ("--test-fraction", a.test_fraction, 0 <= a.test_fraction < 1),
-                            ("--workers", a.workers, a.workers >= 1),
-                            ("--synthetic", a.synthetic, a.synthetic >= 0)]:
+    for flag, value, ok in [
+        ("--size", a.size, a.size >= 16),
+        ("--quality", a.quality, 1 <= a.quality <= 100),
+        ("--shard-size", a.shard_size, a.shard_size >= 1),
+        ("--test-fraction", a.test_fraction, 0 <= a.test_fraction < 1),
+        ("--workers", a.workers, a.workers >= 1),
+        ("--synthetic", a.synthetic, a.synthetic >= 0),
+    ]:
         if not ok:
             raise UserError(f"{flag}: invalid value {value}")
     manifest = build_shards(
-        a.out, folders=a.source, synthetic=a.synthetic, synthetic_size=a.synthetic_size,
-        synthetic_seed=a.seed, size=a.size, quality=a.quality, shard_size=a.shard_size,
-        test_fraction=a.test_fraction, seed=a.seed, workers=a.workers, overwrite=a.overwrite,
+        a.out,
+        folders=a.source,
+        synthetic=a.synthetic,
+        synthetic_size=a.synthetic_size,
+        synthetic_seed=a.seed,
+        size=a.size,
+        quality=a.quality,
+        shard_size=a.shard_size,
+        test_fraction=a.test_fraction,
+        seed=a.seed,
+        workers=a.workers,
+        overwrite=a.overwrite,
     )
     splits = manifest["splits"]
-    print(f"wrote {a.out}: train {splits['train']['count']} in {len(splits['train']['shards'])} "
-          f"shards, test {splits['test']['count']} in {len(splits['test']['shards'])} shards, "
-          f"{manifest['duplicates']} duplicates dropped, {manifest['skipped_count']} inputs skipped")
+    print(
+        f"wrote {a.out}: train {splits['train']['count']} in {len(splits['train']['shards'])} "
+        f"shards, test {splits['test']['count']} in {len(splits['test']['shards'])} shards, "
+        f"{manifest['duplicates']} duplicates dropped, {manifest['skipped_count']} inputs skipped"
+    )
     for skip in manifest["skipped"][:10]:
         print(f"  skipped {skip['path']}: {skip['reason']}")
     if manifest["skipped_count"] > 10:

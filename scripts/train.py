@@ -15,11 +15,19 @@ DEFAULT_CONFIG = "configs/default.yaml"
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default=DEFAULT_CONFIG, help=f"YAML config (default {DEFAULT_CONFIG})")
-    parser.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
+    parser.add_argument(
+        "--config", default=DEFAULT_CONFIG, help=f"YAML config (default {DEFAULT_CONFIG})"
+    )
+    parser.add_argument(
+        "--resume", action="store_true", help="continue from the run's latest checkpoint"
+    )
     parser.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
-    parser.add_argument("overrides", nargs="*", metavar="section.key=value",
-                        help="override config values, e.g. train.max_steps=50 data.batch_size=8")
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="section.key=value",
+        help="override config values, e.g. train.max_steps=50 data.batch_size=8",
+    )
     args = parser.parse_args()
     cfg = load_config(args.config, args.overrides)
     if args.dry_run:

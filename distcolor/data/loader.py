@@ -81,8 +81,10 @@ def eval_view(image: Image.Image, size: int) -> Image.Image:
     return image.crop((x, y, x + size, y + size))
 
 
-def make_batch(images: list[Image.Image], skipped: int) -> dict:
-    """PIL crops -> {'L': (B,1,H,W), 'ab': (B,2,H,W), 'rgb': uint8 (B,3,H,W), 'skipped': int}."""
+def make_batch(images: list[Image.Image], keys: list[str], skipped: int) -> dict:
+    """PIL crops -> {'L': (B,1,H,W), 'ab': (B,2,H,W), 'rgb': uint8 (B,3,H,W), 'keys', 'skipped'}.
+
+    `skipped` counts the samples dropped as unreadable since the previous batch."""
     rgb = torch.from_numpy(np.stack([np.asarray(im) for im in images])).permute(0, 3, 1, 2)
     # The model's input is PIL's grayscale, i.e. what a black-and-white photo of the scene holds.
     gray = torch.from_numpy(np.stack([np.asarray(im.convert("L")) for im in images]))[:, None]
@@ -90,6 +92,7 @@ def make_batch(images: list[Image.Image], skipped: int) -> dict:
         "L": gray_to_lightness(uint8_to_unit(gray)),
         "ab": rgb_to_chroma(uint8_to_unit(rgb)),
         "rgb": rgb.contiguous(),
+        "keys": keys,
         "skipped": skipped,
     }
 
@@ -140,18 +143,24 @@ class TrainStream(IterableDataset):
         stream = _samples([path for path, _ in shards], counter)
         stream = wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer, rng=rng)(stream)
         images: list[Image.Image] = []
+        keys: list[str] = []
         reported = 0
         for sample in stream:
             image = _decode(sample)
             if image is None:
-                counter(ValueError(f"undecodable image in sample {sample.get('__key__')!r} "
-                                   f"of {sample.get('__url__')}"))
+                counter(
+                    ValueError(
+                        f"undecodable image in sample {sample.get('__key__')!r} "
+                        f"of {sample.get('__url__')}"
+                    )
+                )
                 continue
             key_rng = random.Random(f"{self.seed}:{epoch}:{sample['__key__']}")
             images.append(train_view(image, self.image_size, key_rng))
+            keys.append(sample["__key__"])
             if len(images) == self.batch_size:
-                yield make_batch(images, counter.count - reported)
-                reported, images = counter.count, []
+                yield make_batch(images, keys, counter.count - reported)
+                reported, images, keys = counter.count, [], []
         # The partial batch at an epoch's end is dropped: every batch has batch_size images.
 
     def __iter__(self) -> Iterator[dict]:
@@ -181,7 +190,13 @@ class EvalStream(IterableDataset):
     """
 
     def __init__(
-        self, shards: Shards, *, image_size: int, batch_size: int, rank: int, world_size: int,
+        self,
+        shards: Shards,
+        *,
+        image_size: int,
+        batch_size: int,
+        rank: int,
+        world_size: int,
         limit: int | None = None,
     ) -> None:
         self.shards, self.image_size, self.batch_size = shards, image_size, batch_size
@@ -193,6 +208,7 @@ class EvalStream(IterableDataset):
         slot = self.rank * num_workers + worker
         counter = _SkipCounter()
         images: list[Image.Image] = []
+        keys: list[str] = []
         reported = 0
         samples = _samples([path for path, _ in self.shards], counter)
         for i, sample in enumerate(itertools.islice(samples, self.limit)):
@@ -203,14 +219,17 @@ class EvalStream(IterableDataset):
                 counter(ValueError(f"undecodable image in sample {sample.get('__key__')!r}"))
                 continue
             images.append(eval_view(image, self.image_size))
+            keys.append(sample["__key__"])
             if len(images) == self.batch_size:
-                yield make_batch(images, counter.count - reported)
-                reported, images = counter.count, []
+                yield make_batch(images, keys, counter.count - reported)
+                reported, images, keys = counter.count, [], []
         if images:
-            yield make_batch(images, counter.count - reported)
+            yield make_batch(images, keys, counter.count - reported)
 
 
-def check_train_split(shards: Shards, *, batch_size: int, world_size: int, num_workers: int) -> None:
+def check_train_split(
+    shards: Shards, *, batch_size: int, world_size: int, num_workers: int
+) -> None:
     """UserError naming the setting when the shards cannot feed every rank and worker."""
     readers = world_size * max(num_workers, 1)
     if len(shards) < readers:
@@ -229,23 +248,49 @@ def check_train_split(shards: Shards, *, batch_size: int, world_size: int, num_w
 
 
 def build_train_loader(
-    shards: Shards, *, image_size: int, batch_size: int, num_workers: int, shuffle_buffer: int,
-    seed: int, rank: int, world_size: int, skip_batches: int = 0,
+    shards: Shards,
+    *,
+    image_size: int,
+    batch_size: int,
+    num_workers: int,
+    shuffle_buffer: int,
+    seed: int,
+    rank: int,
+    world_size: int,
+    skip_batches: int = 0,
 ) -> DataLoader:
     check_train_split(shards, batch_size=batch_size, world_size=world_size, num_workers=num_workers)
     stream = TrainStream(
-        shards, image_size=image_size, batch_size=batch_size, shuffle_buffer=shuffle_buffer,
-        seed=seed, rank=rank, world_size=world_size, skip_batches=skip_batches,
+        shards,
+        image_size=image_size,
+        batch_size=batch_size,
+        shuffle_buffer=shuffle_buffer,
+        seed=seed,
+        rank=rank,
+        world_size=world_size,
+        skip_batches=skip_batches,
     )
     return _loader(stream, num_workers)
 
 
 def build_eval_loader(
-    shards: Shards, *, image_size: int, batch_size: int, num_workers: int, rank: int,
-    world_size: int, limit: int | None = None,
+    shards: Shards,
+    *,
+    image_size: int,
+    batch_size: int,
+    num_workers: int,
+    rank: int,
+    world_size: int,
+    limit: int | None = None,
 ) -> DataLoader:
-    stream = EvalStream(shards, image_size=image_size, batch_size=batch_size, rank=rank,
-                        world_size=world_size, limit=limit)
+    stream = EvalStream(
+        shards,
+        image_size=image_size,
+        batch_size=batch_size,
+        rank=rank,
+        world_size=world_size,
+        limit=limit,
+    )
     return _loader(stream, num_workers)
 
 

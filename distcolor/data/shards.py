@@ -173,16 +173,24 @@ def build_shards(
 
     def records() -> Iterator[Sample | Skip]:
         for name, root in folders:
-            yield from _folder_records(name, Path(root), size=size, quality=quality,
-                                       workers=workers)
+            yield from _folder_records(
+                name, Path(root), size=size, quality=quality, workers=workers
+            )
         if synthetic > 0:
-            yield from synthetic_samples(synthetic, size=synthetic_size, seed=synthetic_seed,
-                                         quality=quality)
+            yield from synthetic_samples(
+                synthetic, size=synthetic_size, seed=synthetic_seed, quality=quality
+            )
 
     settings = {"size": size, "quality": quality, "shard_size": shard_size}
-    manifest = write_shards(records(), Path(out), shard_size=shard_size,
-                            test_fraction=test_fraction, seed=seed, overwrite=overwrite,
-                            settings=settings)
+    manifest = write_shards(
+        records(),
+        Path(out),
+        shard_size=shard_size,
+        test_fraction=test_fraction,
+        seed=seed,
+        overwrite=overwrite,
+        settings=settings,
+    )
     total = sum(manifest["splits"][s]["count"] for s in SPLITS)
     if total == 0:
         raise UserError(
@@ -207,7 +215,9 @@ def read_manifest(folder: Path, *, key: str = "data.shards") -> dict:
         for split in SPLITS:
             for shard in splits[split]["shards"]:
                 if not (folder / shard["file"]).is_file():
-                    raise UserError(f"{key}: {folder / shard['file']} listed in manifest is missing")
+                    raise UserError(
+                        f"{key}: {folder / shard['file']} listed in manifest is missing"
+                    )
     except (ValueError, KeyError, TypeError):
         raise UserError(f"{key}: {path} is not a distcolor manifest") from None
     return manifest
@@ -215,7 +225,9 @@ def read_manifest(folder: Path, *, key: str = "data.shards") -> dict:
 
 def shard_list(folder: Path, manifest: dict, split: str) -> list[tuple[str, int]]:
     """[(path, sample count)] of one split's shards, in manifest order."""
-    return [(str(Path(folder) / s["file"]), s["count"]) for s in manifest["splits"][split]["shards"]]
+    return [
+        (str(Path(folder) / s["file"]), s["count"]) for s in manifest["splits"][split]["shards"]
+    ]
 
 
 def ensure_shards(folder: Path, synthetic: SyntheticConfig | None, *, log=print) -> dict:
@@ -223,10 +235,17 @@ def ensure_shards(folder: Path, synthetic: SyntheticConfig | None, *, log=print)
     one and the folder holds no finished shards. Errors name `data.shards`."""
     folder = Path(folder)
     if synthetic is not None and not (folder / MANIFEST).is_file():
-        log(f"building synthetic dataset: {synthetic.count} scenes at {synthetic.size} px -> {folder}")
+        what = f"{synthetic.count} scenes at {synthetic.size} px"
+        log(f"building synthetic dataset: {what} -> {folder}")
         build_shards(
-            folder, synthetic=synthetic.count, synthetic_size=synthetic.size,
-            synthetic_seed=synthetic.seed, size=synthetic.size, shard_size=synthetic.shard_size,
-            test_fraction=synthetic.test_fraction, seed=synthetic.seed, overwrite=True,
+            folder,
+            synthetic=synthetic.count,
+            synthetic_size=synthetic.size,
+            synthetic_seed=synthetic.seed,
+            size=synthetic.size,
+            shard_size=synthetic.shard_size,
+            test_fraction=synthetic.test_fraction,
+            seed=synthetic.seed,
+            overwrite=True,
         )
     return read_manifest(folder)

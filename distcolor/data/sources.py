@@ -101,6 +101,10 @@ def synthetic_samples(count: int, *, size: int, seed: int, quality: int) -> Iter
 
     for key, image in iter_scenes(count, size=size, seed=seed):
         digest = hashlib.sha256(image.tobytes()).hexdigest()
-        meta = {"source": "synthetic", "path": key, "original_size": list(image.size),
-                "sha256": digest}
+        meta = {
+            "source": "synthetic",
+            "path": key,
+            "original_size": list(image.size),
+            "sha256": digest,
+        }
         yield Sample(key, encode_jpeg(image, size=None, quality=quality), meta)

@@ -12,7 +12,9 @@ from distcolor.models.layers import conv_bias, init_weights, make_norm
 
 
 def patch_output_size(size: int, layers: int) -> int:
-    """Side of the score grid for a `size`-pixel input (4x4 convs: `layers` stride-2, 2 stride-1)."""
+    """Side of the score grid for a `size`-pixel input.
+
+    All convs are 4x4 with padding 1: `layers` of stride 2, then 2 of stride 1."""
     for _ in range(layers):
         size = (size + 2 - 4) // 2 + 1
     for _ in range(2):

@@ -1,0 +1,162 @@
+import io
+import json
+import tarfile
+
+import pytest
+from PIL import Image
+
+from distcolor.data.shards import (
+    MANIFEST,
+    assign_split,
+    build_shards,
+    read_manifest,
+    shard_list,
+    write_shards,
+)
+from distcolor.data.sources import Sample
+from distcolor.errors import UserError
+
+
+def read_tar(path):
+    """{key: {ext: bytes}} straight from the tar, independent of webdataset."""
+    out = {}
+    with tarfile.open(path) as tar:
+        for member in tar.getmembers():
+            key, ext = member.name.split(".", 1)
+            out.setdefault(key, {})[ext] = tar.extractfile(member).read()
+    return out
+
+
+def save(img, path, fmt="JPEG"):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path, format=fmt)
+
+
+def colour_image(seed, size=(50, 40)):
+    img = Image.new("RGB", size, (20 + seed * 7 % 200, 120, 200 - seed * 5 % 150))
+    img.putpixel((seed % size[0], 0), (255, 0, 0))
+    return img
+
+
+def test_round_trip_counts_match_manifest(tmp_path):
+    out = tmp_path / "s"
+    manifest = build_shards(
+        out, synthetic=30, synthetic_size=40, size=40, shard_size=7, test_fraction=0.2
+    )
+    assert manifest == read_manifest(out)
+    total = 0
+    for split in ("train", "test"):
+        shards = shard_list(out, manifest, split)
+        assert [p.rsplit("/", 1)[1] for p, _ in shards] == [
+            f"{split}-{i:06d}.tar" for i in range(len(shards))
+        ]
+        for path, count in shards:
+            samples = read_tar(path)
+            assert len(samples) == count <= 7
+            for key, sample in samples.items():
+                meta = json.loads(sample["json"])
+                assert meta["source"] == "synthetic" and meta["path"] == key
+                assert Image.open(io.BytesIO(sample["jpg"])).size == (40, 40)
+                assert assign_split(meta["sha256"], seed=0, test_fraction=0.2) == split
+        total += manifest["splits"][split]["count"]
+        assert manifest["splits"][split]["count"] == sum(c for _, c in shards)
+    assert total == 30
+    assert (
+        manifest["sources"]["synthetic"]["train"] + manifest["sources"]["synthetic"]["test"] == 30
+    )
+    assert 0 < manifest["splits"]["test"]["count"] < 15
+
+
+def test_written_bytes_are_read_back_identically(tmp_path):
+    samples = [
+        Sample(f"k{i}", bytes([i]) * 100, {"source": "x", "sha256": f"h{i}"}) for i in range(5)
+    ]
+    manifest = write_shards(samples, tmp_path, shard_size=2, test_fraction=0.0001, seed=0)
+    got = {}
+    for path, _ in shard_list(tmp_path, manifest, "train"):
+        got.update(read_tar(path))
+    assert {k: v["jpg"] for k, v in got.items()} == {s.key: s.jpeg for s in samples}
+
+
+def test_folder_source_skips_and_counts_bad_inputs(tmp_path):
+    src = tmp_path / "photos"
+    for i in range(6):
+        save(colour_image(i), src / "nested" / f"img{i}.jpg")
+    save(colour_image(0), src / "copy_of_img0.jpg")  # exact duplicate content
+    save(colour_image(9).convert("RGBA"), src / "alpha.png", "PNG")
+    save(Image.new("L", (30, 30), 128), src / "gray.png", "PNG")
+    (src / "notes.txt").write_text("not an image")
+    (src / "empty.jpg").write_bytes(b"")
+    good = io.BytesIO()
+    colour_image(3).save(good, format="JPEG")
+    (src / "truncated.jpg").write_bytes(good.getvalue()[:200])
+    manifest = build_shards(tmp_path / "out", folders=[("photos", src)], size=32, shard_size=4)
+    reasons = {s["path"].rsplit("/", 1)[1]: s["reason"] for s in manifest["skipped"]}
+    assert reasons.keys() == {"notes.txt", "empty.jpg", "truncated.jpg", "gray.png"}
+    assert reasons["notes.txt"] == "not an image"
+    assert reasons["empty.jpg"] == "empty file"
+    assert "grayscale" in reasons["gray.png"]
+    assert manifest["skipped_count"] == 4
+    assert manifest["duplicates"] == 1
+    assert sum(manifest["splits"][s]["count"] for s in ("train", "test")) == 7  # 6 + alpha
+
+
+def test_split_is_stable_when_a_source_is_added(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    for i in range(20):
+        save(colour_image(i), a / f"{i}.jpg")
+        save(colour_image(100 + i), b / f"{i}.jpg")
+
+    def splits(manifest, out):
+        where = {}
+        for split in ("train", "test"):
+            for path, _ in shard_list(out, manifest, split):
+                for sample in read_tar(path).values():
+                    where[json.loads(sample["json"])["sha256"]] = split
+        return where
+
+    one = splits(build_shards(tmp_path / "o1", folders=[("a", a)], size=32), tmp_path / "o1")
+    two = splits(
+        build_shards(tmp_path / "o2", folders=[("a", a), ("b", b)], size=32), tmp_path / "o2"
+    )
+    assert all(two[h] == s for h, s in one.items())
+
+
+def test_existing_shards_are_not_overwritten_by_accident(tmp_path):
+    build_shards(tmp_path, synthetic=10, synthetic_size=32, size=32)
+    with pytest.raises(UserError, match="already holds shards.*--overwrite"):
+        build_shards(tmp_path, synthetic=10, synthetic_size=32, size=32)
+    build_shards(tmp_path, synthetic=12, synthetic_size=32, size=32, overwrite=True)
+    manifest = read_manifest(tmp_path)
+    assert manifest["splits"]["train"]["count"] + manifest["splits"]["test"]["count"] == 12
+
+
+def test_nothing_usable_is_an_error(tmp_path):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.txt").write_text("x")
+    with pytest.raises(UserError, match="no usable images found \\(1 inputs skipped"):
+        build_shards(tmp_path / "out", folders=[("x", tmp_path / "in")])
+    with pytest.raises(UserError, match="folder does not exist"):
+        build_shards(tmp_path / "out2", folders=[("x", tmp_path / "missing")])
+
+
+@pytest.mark.parametrize("state", ["missing", "empty", "incomplete", "lost_shard"])
+def test_unusable_shard_folders_name_the_key(tmp_path, state):
+    folder = tmp_path / "s"
+    if state != "missing":
+        folder.mkdir()
+    if state == "incomplete":
+        (folder / "train-000000.tar").write_bytes(b"")
+    if state == "lost_shard":
+        build_shards(folder, synthetic=10, synthetic_size=32, size=32)
+        (folder / "train-000000.tar").unlink()
+    with pytest.raises(UserError, match="^data.shards: ") as err:
+        read_manifest(folder)
+    assert {
+        "missing": "does not exist",
+        "empty": "is empty",
+        "incomplete": "no manifest.json",
+        "lost_shard": "is missing",
+    }[state] in str(err.value)
+    if state == "incomplete":
+        assert not (folder / MANIFEST).exists()

@@ -1,0 +1,155 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from distcolor.checkpoint import latest_checkpoint, load_checkpoint
+from distcolor.config import load_config
+from distcolor.distributed import build_accelerator
+from distcolor.optim import build_optimizers
+from distcolor.trainer import GANStep, build_models, train
+from tests.conftest import reset_accelerate, tiny_overrides
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def metrics(run_dir):
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r for r in rows if "loss/G/l1" in r}
+
+
+def test_one_step_changes_both_models():
+    cfg = load_config(None, ["model.g_width=8", "model.g_depth=5", "model.d_width=8"])
+    accelerator = build_accelerator(cfg)
+    torch.manual_seed(0)
+    g, d = build_models(cfg.model)
+    opt_g, opt_d = build_optimizers(g, d, cfg=cfg.train)
+    g, d, opt_g, opt_d = accelerator.prepare(g, d, opt_g, opt_d)
+    before_g = [p.detach().clone() for p in g.parameters()]
+    before_d = [p.detach().clone() for p in d.parameters()]
+    step = GANStep(accelerator, g, d, opt_g, opt_d, l1_weight=100.0)
+    losses = step(torch.rand(4, 1, 32, 32) * 2 - 1, torch.rand(4, 2, 32, 32) - 0.5)
+    assert all(torch.isfinite(v) for v in losses.values())
+    changed_g = [not torch.equal(a, b) for a, b in zip(before_g, g.parameters(), strict=True)]
+    changed_d = [not torch.equal(a, b) for a, b in zip(before_d, d.parameters(), strict=True)]
+    assert all(changed_g), "every generator tensor gets a gradient"
+    assert all(changed_d), "every discriminator tensor gets a gradient"
+    assert all(p.requires_grad for p in d.parameters())  # restored after the G step
+
+
+def test_run_writes_config_checkpoints_tensorboard_samples(tmp_path, tiny_shards):
+    cfg = load_config(None, tiny_overrides(tmp_path, tiny_shards))
+    result = train(cfg)
+    run = cfg.run_dir
+    assert load_config(run / "config.yaml") == cfg
+    assert [p.name for p in sorted((run / "checkpoints").iterdir())] == [
+        "step-00000002.pt",
+        "step-00000003.pt",
+    ]
+    state = load_checkpoint(latest_checkpoint(run / "checkpoints"))
+    assert state["step"] == 3 and state["config"] == cfg.model_dump(mode="json")
+    assert {"G", "D", "opt_g", "opt_d", "code_version"} <= state.keys()
+    assert any(p.name.startswith("events.out.tfevents") for p in (run / "tb").iterdir())
+    assert sorted(p.name for p in (run / "samples").iterdir()) == [
+        "step-00000002.png",
+        "step-00000003.png",
+    ]
+    grid = Image.open(run / "samples" / "step-00000003.png")
+    assert grid.size == (8 * 32, 3 * 32)  # 8 columns; rows gray / output / original
+    assert sorted(metrics(run)) == [1, 2, 3]
+    assert result["images"] == 12 and result["l1_no_colour"] > 0
+    assert json.loads((run / "eval.json").read_text()) == result
+
+
+def test_resume_continues_exactly(tmp_path, tiny_shards):
+    common = {"data.num_workers": 2, "train.max_steps": 5, "train.eval_images": 0}
+    straight = load_config(
+        None, tiny_overrides(tmp_path, tiny_shards, **common, **{"run.name": "straight"})
+    )
+    train(straight)
+    reset_accelerate()
+    interrupted = load_config(
+        None,
+        tiny_overrides(
+            tmp_path, tiny_shards, **{**common, "train.max_steps": 2, "run.name": "resumed"}
+        ),
+    )
+    train(interrupted)
+    reset_accelerate()
+    resumed = load_config(
+        None, tiny_overrides(tmp_path, tiny_shards, **common, **{"run.name": "resumed"})
+    )
+    train(resumed, resume=True)
+    a, b = metrics(straight.run_dir), metrics(resumed.run_dir)
+    for step in (3, 4, 5):
+        for key in ("loss/D/total", "loss/G/adv", "loss/G/l1"):
+            assert abs(a[step][key] - b[step][key]) < 1e-6, (step, key)
+    wa = load_checkpoint(latest_checkpoint(straight.run_dir / "checkpoints"))["G"]
+    wb = load_checkpoint(latest_checkpoint(resumed.run_dir / "checkpoints"))["G"]
+    assert all(torch.allclose(wa[k].float(), wb[k].float(), atol=1e-6) for k in wa)
+
+
+def run_script(*args, cwd=ROOT):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [sys.executable, *args], cwd=cwd, capture_output=True, text=True, env=env, timeout=300
+    )
+
+
+def test_cli_user_errors_are_one_line(tmp_path):
+    bad = run_script("scripts/train.py", "data.batch_size=0")
+    assert bad.returncode == 2
+    assert bad.stderr.strip() == (
+        "error: data.batch_size: input should be greater than or equal to 1 (got 0)"
+    )
+    missing = run_script(
+        "scripts/train.py",
+        f"data.shards={tmp_path / 'nowhere'}",
+        "data.synthetic=null",
+        f"run.out_dir={tmp_path}",
+    )
+    assert missing.returncode == 2 and "Traceback" not in missing.stderr
+    assert missing.stderr.strip().startswith("error: data.shards: folder ")
+    shards = run_script("scripts/make_shards.py", "--out", str(tmp_path / "o"))
+    assert shards.returncode == 2
+    assert shards.stderr.strip() == (
+        "error: nothing to shard: give --source NAME=DIR and/or --synthetic N"
+    )
+    resume = run_script(
+        "scripts/train.py",
+        "--resume",
+        f"run.out_dir={tmp_path}",
+        f"data.shards={tmp_path / 's'}",
+        "data.synthetic.count=20",
+        "data.synthetic.shard_size=4",
+    )
+    assert resume.returncode == 2 and "error: --resume: no checkpoint in" in resume.stderr
+
+
+def test_cli_builds_synthetic_shards_then_trains_and_resumes(tmp_path):
+    shards = tmp_path / "shards"
+    synthetic = {
+        "data.synthetic.count": 40,
+        "data.synthetic.size": 40,
+        "data.synthetic.shard_size": 4,
+    }
+    first = run_script(
+        "scripts/train.py", *tiny_overrides(tmp_path, shards, **synthetic, **{"train.max_steps": 2})
+    )
+    assert first.returncode == 0, first.stderr
+    assert "building synthetic dataset: 40 scenes" in first.stdout
+    assert "held-out chroma L1 on" in first.stdout and "vs no colour" in first.stdout
+    assert (shards / "manifest.json").is_file()
+    again = run_script(
+        "scripts/train.py",
+        "--resume",
+        *tiny_overrides(tmp_path, shards, **synthetic, **{"train.max_steps": 4}),
+    )
+    assert again.returncode == 0, again.stderr
+    assert "building synthetic" not in again.stdout
+    assert "resuming from" in again.stdout and "step-00000002.pt" in again.stdout
+    assert (tmp_path / "runs/tiny/checkpoints/step-00000004.pt").is_file()
