@@ -128,6 +128,8 @@ def _check_sizes(cfg: Config) -> None:
 
 @torch.no_grad()
 def _samples(generator: nn.Module, batch: dict, device: torch.device) -> torch.Tensor:
+    """Sample grid from the *unwrapped* generator: a DDP forward is a collective (buffer
+    broadcast) and only rank 0 draws samples."""
     was_training = generator.training
     generator.eval()
     chroma = generator(batch["L"].to(device)).float()
@@ -182,6 +184,8 @@ def train(cfg: Config, *, resume: bool = False) -> dict:
     generator, discriminator, opt_g, opt_d = accelerator.prepare(
         generator, discriminator, opt_g, opt_d
     )
+    # For rank-local forwards (samples, evaluation) that must not run DDP's collectives.
+    plain_generator = accelerator.unwrap_model(generator)
     step_fn = GANStep(
         accelerator, generator, discriminator, opt_g, opt_d, l1_weight=cfg.train.l1_weight
     )
@@ -260,7 +264,7 @@ def train(cfg: Config, *, resume: bool = False) -> dict:
                 and fixed is not None
                 and (step % tc.sample_every == 0 or step == tc.max_steps)
             ):
-                tracker.log_samples(step, _samples(generator, fixed, device))
+                tracker.log_samples(step, _samples(plain_generator, fixed, device))
 
             if step % tc.ckpt_every == 0 or step == tc.max_steps:
                 if is_main:
@@ -286,7 +290,7 @@ def train(cfg: Config, *, resume: bool = False) -> dict:
         if tc.eval_images > 0 and test_shards:
             result.update(
                 held_out_l1(
-                    generator,
+                    plain_generator,
                     build_eval_loader(
                         test_shards,
                         image_size=data.image_size,

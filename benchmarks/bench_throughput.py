@@ -1,0 +1,106 @@
+"""Throughput of the data loader alone and of full training steps, on the default config.
+
+    python benchmarks/bench_throughput.py [--quick] [--steps N]
+
+Prints one JSON object as its last line: loader images/s with 0 and N workers, and
+training images/s (D + G step) with the real loader feeding it. Builds the default
+synthetic shards first if they are missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from distcolor.config import load_config
+from distcolor.data.loader import build_train_loader
+from distcolor.data.shards import ensure_shards, shard_list
+from distcolor.distributed import build_accelerator
+from distcolor.optim import build_optimizers
+from distcolor.trainer import GANStep, build_models
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def loader_rate(shards, cfg, workers: int, batches: int) -> float:
+    d = cfg.data
+    loader = build_train_loader(
+        shards,
+        image_size=d.image_size,
+        batch_size=d.batch_size,
+        num_workers=workers,
+        shuffle_buffer=d.shuffle_buffer,
+        seed=0,
+        rank=0,
+        world_size=1,
+    )
+    it = iter(loader)
+    next(it)  # worker start-up is not throughput
+    start = time.perf_counter()
+    for _ in itertools.islice(it, batches):
+        pass
+    return batches * d.batch_size / (time.perf_counter() - start)
+
+
+def train_rate(shards, cfg, steps: int) -> float:
+    accelerator = build_accelerator(cfg)
+    g, d = build_models(cfg.model)
+    opt_g, opt_d = build_optimizers(g, d, cfg=cfg.train)
+    g, d, opt_g, opt_d = accelerator.prepare(g, d, opt_g, opt_d)
+    step = GANStep(accelerator, g, d, opt_g, opt_d, l1_weight=cfg.train.l1_weight)
+    dc = cfg.data
+    it = iter(
+        build_train_loader(
+            shards,
+            image_size=dc.image_size,
+            batch_size=dc.batch_size,
+            num_workers=dc.num_workers,
+            shuffle_buffer=dc.shuffle_buffer,
+            seed=0,
+            rank=0,
+            world_size=1,
+        )
+    )
+    for _ in range(3):  # warm-up
+        b = next(it)
+        step(b["L"], b["ab"])
+    start = time.perf_counter()
+    for _ in range(steps):
+        b = next(it)
+        step(b["L"], b["ab"])
+    return steps * dc.batch_size / (time.perf_counter() - start)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--quick", action="store_true", help="under a minute")
+    p.add_argument("--steps", type=int, default=100)
+    a = p.parse_args()
+    cfg = load_config(ROOT / "configs/default.yaml", [f"data.shards={ROOT / 'shards/default'}"])
+    manifest = ensure_shards(Path(cfg.data.shards), cfg.data.synthetic)
+    shards = shard_list(Path(cfg.data.shards), manifest, "train")
+    batches = 20 if a.quick else 150
+    steps = 15 if a.quick else a.steps
+    result = {
+        "benchmark": "throughput",
+        "machine": f"{platform.machine()} {torch.get_num_threads()} threads",
+        "batch_size": cfg.data.batch_size,
+        "image_size": cfg.data.image_size,
+        "loader_images_per_s_0_workers": round(loader_rate(shards, cfg, 0, batches), 1),
+        f"loader_images_per_s_{cfg.data.num_workers}_workers": round(
+            loader_rate(shards, cfg, cfg.data.num_workers, batches), 1
+        ),
+        "train_images_per_s": round(train_rate(shards, cfg, steps), 1),
+        "train_steps": steps,
+    }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
