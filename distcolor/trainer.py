@@ -175,6 +175,13 @@ def train(cfg: Config, *, resume: bool = False) -> dict:
                 f"--resume: {path} does not fit this config's model ({str(err).splitlines()[0]})"
             ) from None
         start_step = int(state["step"])
+        if (state.get("world_size"), state.get("num_workers")) != (world, cfg.data.num_workers):
+            # Data order depends on how shards were split; training still continues correctly.
+            log(
+                f"warning: {path} was written with {state.get('world_size')} process(es) x "
+                f"{state.get('num_workers')} loader worker(s), now {world} x "
+                f"{cfg.data.num_workers}: the data order will differ from an uninterrupted run"
+            )
         log(f"resuming from {path} (step {start_step})")
 
     if is_main:

@@ -6,17 +6,19 @@ Works the same under `accelerate launch scripts/train.py ...` (multi-GPU / multi
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from distcolor.cli import run_main
 from distcolor.config import config_to_yaml, load_config
 
-DEFAULT_CONFIG = "configs/default.yaml"
+# The embedded default, found from the checkout whatever the working directory.
+DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "default.yaml"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--config", default=DEFAULT_CONFIG, help=f"YAML config (default {DEFAULT_CONFIG})"
+        "--config", default=DEFAULT_CONFIG, help="YAML config (default: configs/default.yaml)"
     )
     parser.add_argument(
         "--resume", action="store_true", help="continue from the run's latest checkpoint"

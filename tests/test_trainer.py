@@ -4,12 +4,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
+import yaml
 from PIL import Image
 
 from distcolor.checkpoint import latest_checkpoint, load_checkpoint
 from distcolor.config import load_config
 from distcolor.distributed import build_accelerator
+from distcolor.errors import UserError
 from distcolor.optim import build_optimizers
 from distcolor.trainer import GANStep, build_models, train
 from tests.conftest import reset_accelerate, tiny_overrides
@@ -153,3 +156,20 @@ def test_cli_builds_synthetic_shards_then_trains_and_resumes(tmp_path):
     assert "building synthetic" not in again.stdout
     assert "resuming from" in again.stdout and "step-00000002.pt" in again.stdout
     assert (tmp_path / "runs/tiny/checkpoints/step-00000004.pt").is_file()
+
+
+def test_dry_run_prints_the_resolved_config_from_any_directory(tmp_path):
+    out = run_script(str(ROOT / "scripts/train.py"), "--dry-run", "train.max_steps=7", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    cfg = yaml.safe_load(out.stdout)
+    assert cfg["train"]["max_steps"] == 7
+    assert cfg["data"]["synthetic"]["count"] == 3000  # configs/default.yaml was found
+    assert not (tmp_path / "runs").exists()  # nothing ran
+
+
+def test_resume_with_a_different_model_is_a_clear_error(tmp_path, tiny_shards):
+    train(load_config(None, tiny_overrides(tmp_path, tiny_shards, **{"train.max_steps": 1})))
+    reset_accelerate()
+    wider = load_config(None, tiny_overrides(tmp_path, tiny_shards, **{"model.g_width": 16}))
+    with pytest.raises(UserError, match=r"^--resume: .*step-00000001.pt does not fit"):
+        train(wider, resume=True)
