@@ -68,6 +68,7 @@ class Tracker:
             TextColumn("{task.fields[info]}"),
             console=self.console,
         )
+        self._total = total_steps
         self._task = self._progress.add_task(
             "train", total=total_steps, completed=start_step, info=""
         )
@@ -83,9 +84,13 @@ class Tracker:
         self.close()
 
     def advance(self, step: int, info: str | None = None) -> None:
-        if self._progress is not None:
-            fields = {} if info is None else {"info": info}
-            self._progress.update(self._task, completed=step, **fields)
+        if self._progress is None:
+            return
+        fields = {} if info is None else {"info": info}
+        self._progress.update(self._task, completed=step, **fields)
+        if info is not None and not self.console.is_terminal:
+            # Cluster jobs write to files, where a live bar only shows at the end.
+            self.console.print(f"step {step}/{self._total}  {info}", highlight=False)
 
     def log_scalars(self, step: int, scalars: dict[str, float]) -> None:
         if not self.enabled:
