@@ -160,3 +160,13 @@ def test_unusable_shard_folders_name_the_key(tmp_path, state):
     }[state] in str(err.value)
     if state == "incomplete":
         assert not (folder / MANIFEST).exists()
+
+
+def test_output_folder_inside_a_source_is_not_read_back(tmp_path):
+    src = tmp_path / "photos"
+    for i in range(4):
+        save(colour_image(i), src / f"{i}.jpg")
+    build_shards(src / "shards", folders=[("photos", src)], size=32)
+    again = build_shards(src / "shards", folders=[("photos", src)], size=32, overwrite=True)
+    assert again["skipped_count"] == 0
+    assert sum(again["splits"][s]["count"] for s in ("train", "test")) == 4

@@ -135,12 +135,12 @@ def write_shards(
 
 
 def _folder_records(
-    name: str, root: Path, *, size: int, quality: int, workers: int
+    name: str, root: Path, *, out: Path, size: int, quality: int, workers: int
 ) -> Iterator[Sample | Skip]:
     if not root.is_dir():
         raise UserError(f"--source {name}={root}: folder does not exist")
     load = functools.partial(load_image_file, root=root, source=name, size=size, quality=quality)
-    paths = list(iter_folder(root))
+    paths = list(iter_folder(root, exclude=out))
     if workers <= 1:
         yield from map(load, paths)
         return
@@ -174,7 +174,7 @@ def build_shards(
     def records() -> Iterator[Sample | Skip]:
         for name, root in folders:
             yield from _folder_records(
-                name, Path(root), size=size, quality=quality, workers=workers
+                name, Path(root), out=Path(out), size=size, quality=quality, workers=workers
             )
         if synthetic > 0:
             yield from synthetic_samples(

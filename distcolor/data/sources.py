@@ -88,11 +88,16 @@ def load_image_file(
     return Sample(f"{source}-{digest[:16]}", encode_jpeg(rgb, size=size, quality=quality), meta)
 
 
-def iter_folder(root: Path) -> Iterator[Path]:
-    """Every file under `root`, recursively, in a stable (sorted) order; hidden entries skipped."""
+def iter_folder(root: Path, *, exclude: Path | None = None) -> Iterator[Path]:
+    """Every file under `root`, recursively, in a stable (sorted) order; hidden entries and
+    anything under `exclude` (the shard output folder, if it sits inside) skipped."""
+    exclude = exclude.resolve() if exclude is not None else None
     for path in sorted(root.rglob("*")):
-        if path.is_file() and not any(p.startswith(".") for p in path.relative_to(root).parts):
-            yield path
+        if not path.is_file() or any(p.startswith(".") for p in path.relative_to(root).parts):
+            continue
+        if exclude is not None and path.resolve().is_relative_to(exclude):
+            continue
+        yield path
 
 
 def synthetic_samples(count: int, *, size: int, seed: int, quality: int) -> Iterator[Sample]:
