@@ -48,5 +48,6 @@ def load_checkpoint(path: Path) -> dict:
     """Load tensors and plain containers only (weights_only): a checkpoint cannot run code."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, EOFError) as err:
-        raise UserError(f"checkpoint {path} cannot be read: {err}") from None
+    except Exception as err:  # a damaged file can fail anywhere in the unpickler
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise UserError(f"checkpoint {path} cannot be read: {reason}") from None

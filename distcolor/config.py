@@ -42,7 +42,9 @@ def _yaml_load(text: str) -> Any:
 
 class Section(BaseModel):
     # strict: no "8" -> 8 or true -> 1 coercions; YAML already gives real types.
-    model_config = ConfigDict(extra="forbid", strict=True, validate_assignment=True)
+    model_config = ConfigDict(
+        extra="forbid", strict=True, validate_assignment=True, allow_inf_nan=False
+    )
 
 
 class RunConfig(Section):
@@ -50,7 +52,7 @@ class RunConfig(Section):
     """Run folder name: outputs go to `<out_dir>/<name>/`."""
     out_dir: str = "runs"
     """Parent folder of all runs."""
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**31)
     """Seeds model initialisation, data order, augmentation and dropout."""
 
 
@@ -70,7 +72,7 @@ class SyntheticConfig(Section):
 
 
 class DataConfig(Section):
-    shards: str = "shards/default"
+    shards: str = Field("shards/default", min_length=1)
     """Folder with train-*.tar, test-*.tar and manifest.json (scripts/make_shards.py)."""
     synthetic: SyntheticConfig | None = None
     """If set and `shards` holds no shards, build this synthetic dataset there first."""
@@ -109,6 +111,14 @@ class TrainConfig(Section):
     l1_weight: float = Field(100.0, ge=0.0)
     """Lambda of the generator's L1 term (adversarial + lambda * L1)."""
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    """Autocast dtype for the forward passes; losses are reduced in float32 regardless."""
+
+    @field_validator("mixed_precision", mode="before")
+    @classmethod
+    def _yaml_no(cls, value: object) -> object:
+        # YAML 1.1 reads a bare `no` as false; mean the documented "no".
+        return "no" if value is False else value
+
     log_every: int = Field(10, ge=1)
     """Steps between loss/throughput logs."""
     sample_every: int = Field(100, ge=1)

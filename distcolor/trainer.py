@@ -10,20 +10,28 @@ processes run); the data loader does not (each rank reads its own shards).
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import gather_object
 from torch import nn
 
 from distcolor import __version__
-from distcolor.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from distcolor.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from distcolor.config import Config, ModelConfig, config_to_yaml
-from distcolor.data.loader import build_eval_loader, build_train_loader
-from distcolor.data.shards import ensure_shards, shard_list
-from distcolor.distributed import build_accelerator, rank_and_world, step_seed
+from distcolor.data.loader import LoaderState, build_eval_loader, build_train_loader
+from distcolor.data.shards import ensure_shards, read_manifest, shard_list
+from distcolor.distributed import (
+    broadcast_buffers,
+    build_accelerator,
+    rank_and_world,
+    shutdown,
+    step_seed,
+)
 from distcolor.errors import UserError
 from distcolor.losses import l1_loss, lsgan_d_loss, lsgan_g_loss
 from distcolor.metrics import held_out_l1
@@ -137,19 +145,100 @@ def _samples(generator: nn.Module, batch: dict, device: torch.device) -> torch.T
     return sample_grid(batch["L"], chroma, batch["rgb"])
 
 
+def _prepare_data(accelerator: Accelerator, cfg: Config, log) -> dict:
+    """The shard manifest on every rank; synthetic data is built once per filesystem.
+
+    Rank 0 builds first; then each node's local main builds only if its (node-local)
+    folder still has nothing; then everyone reads. Barriers are global, so the three
+    phases are sequential rather than nested.
+    """
+    folder = Path(cfg.data.shards)
+    if accelerator.is_main_process:
+        ensure_shards(folder, cfg.data.synthetic, log=log)
+    accelerator.wait_for_everyone()
+    if accelerator.is_local_main_process and not accelerator.is_main_process:
+        ensure_shards(folder, cfg.data.synthetic, log=log)
+    accelerator.wait_for_everyone()
+    return read_manifest(folder)
+
+
+def _restore(ckpt_dir: Path, models: tuple[nn.Module, ...], optimizers: tuple, log) -> dict:
+    """Load the newest readable checkpoint into models and optimizers; returns its state.
+
+    An unreadable newest checkpoint (a crash mid-copy, a full disk) falls back to the one
+    before it rather than losing the run.
+    """
+    found = list_checkpoints(ckpt_dir)
+    if not found:
+        raise UserError(f"--resume: no checkpoint in {ckpt_dir}")
+    for path in reversed(found):
+        try:
+            state = load_checkpoint(path)
+        except UserError as err:
+            log(f"warning: {err}; trying the previous checkpoint")
+            continue
+        try:
+            for module, key in zip(models, ("G", "D"), strict=True):
+                module.load_state_dict(state[key])
+            for optimizer, key in zip(optimizers, ("opt_g", "opt_d"), strict=True):
+                optimizer.load_state_dict(state[key])
+        except (RuntimeError, KeyError, ValueError) as err:
+            raise UserError(
+                f"--resume: {path} does not fit this config's model ({str(err).splitlines()[0]})"
+            ) from None
+        log(f"resuming from {path} (step {state['step']})")
+        return state
+    raise UserError(f"--resume: no readable checkpoint in {ckpt_dir}")
+
+
+def _loader_resume(state: dict, *, rank: int, world: int, cfg: Config, log) -> tuple:
+    """(loader state for this rank, first epoch) from a checkpoint's saved loader positions."""
+    saved = state.get("loader") or []
+    same_split = (
+        len(saved) == world
+        and state.get("num_workers") == cfg.data.num_workers
+        and state.get("batch_size") == cfg.data.batch_size
+    )
+    if same_split:
+        return saved[rank], 0
+    # Another split of the data: continue with fresh epochs rather than repeat old ones.
+    log(
+        f"warning: the checkpoint was written with {state.get('world_size')} process(es), "
+        f"{state.get('num_workers')} loader worker(s) and batch size {state.get('batch_size')}; "
+        f"now {world}, {cfg.data.num_workers} and {cfg.data.batch_size}: data order will "
+        "differ from an uninterrupted run"
+    )
+    first = 0
+    for rank_state in saved:
+        positions = LoaderState(1)
+        positions.load_state_dict(rank_state)
+        first = max(first, positions.next_epoch())
+    return None, first
+
+
+def _trim_metrics(run_dir: Path, step: int) -> None:
+    """Drop metric rows logged after the checkpoint we resume from (they will be redone)."""
+    path = run_dir / "metrics.jsonl"
+    if path.is_file():
+        rows = [r for r in path.read_text().splitlines() if r and json.loads(r)["step"] <= step]
+        path.write_text("".join(r + "\n" for r in rows))
+
+
 def train(cfg: Config, *, resume: bool = False) -> dict:
     """Train on `cfg`; returns the final held-out metrics (also printed and saved)."""
     _check_sizes(cfg)
+    run_dir, ckpt_dir = cfg.run_dir, cfg.run_dir / "checkpoints"
+    if not resume and list_checkpoints(ckpt_dir):
+        raise UserError(
+            f"run.name: {run_dir} already holds checkpoints; pass --resume to continue that "
+            "run, or choose another run.name"
+        )
     accelerator = build_accelerator(cfg)
     rank, world = rank_and_world(accelerator)
     is_main = accelerator.is_main_process
     log = print if is_main else (lambda *_: None)
-    run_dir = cfg.run_dir
-    ckpt_dir = run_dir / "checkpoints"
 
-    # One builder per node (the synthetic set is deterministic, so nodes agree on it).
-    with accelerator.local_main_process_first():
-        manifest = ensure_shards(Path(cfg.data.shards), cfg.data.synthetic, log=log)
+    manifest = _prepare_data(accelerator, cfg, log)
     train_shards = shard_list(Path(cfg.data.shards), manifest, "train")
     test_shards = shard_list(Path(cfg.data.shards), manifest, "test")
     if not train_shards:
@@ -158,35 +247,16 @@ def train(cfg: Config, *, resume: bool = False) -> dict:
     torch.manual_seed(cfg.run.seed)  # the same initial weights on every rank
     generator, discriminator = build_models(cfg.model)
     opt_g, opt_d = build_optimizers(generator, discriminator, cfg=cfg.train)
-
-    start_step = 0
+    start_step, loader_state, first_epoch = 0, None, 0
     if resume:
-        path = latest_checkpoint(ckpt_dir)
-        if path is None:
-            raise UserError(f"--resume: no checkpoint in {ckpt_dir}")
-        state = load_checkpoint(path)
-        try:
-            generator.load_state_dict(state["G"])
-            discriminator.load_state_dict(state["D"])
-            opt_g.load_state_dict(state["opt_g"])
-            opt_d.load_state_dict(state["opt_d"])
-        except (RuntimeError, KeyError, ValueError) as err:
-            raise UserError(
-                f"--resume: {path} does not fit this config's model ({str(err).splitlines()[0]})"
-            ) from None
+        state = _restore(ckpt_dir, (generator, discriminator), (opt_g, opt_d), log)
         start_step = int(state["step"])
-        if (state.get("world_size"), state.get("num_workers")) != (world, cfg.data.num_workers):
-            # Data order depends on how shards were split; training still continues correctly.
-            log(
-                f"warning: {path} was written with {state.get('world_size')} process(es) x "
-                f"{state.get('num_workers')} loader worker(s), now {world} x "
-                f"{cfg.data.num_workers}: the data order will differ from an uninterrupted run"
-            )
-        log(f"resuming from {path} (step {start_step})")
-
+        loader_state, first_epoch = _loader_resume(state, rank=rank, world=world, cfg=cfg, log=log)
     if is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(config_to_yaml(cfg))
+        if resume:
+            _trim_metrics(run_dir, start_step)
 
     generator, discriminator, opt_g, opt_d = accelerator.prepare(
         generator, discriminator, opt_g, opt_d
@@ -196,7 +266,7 @@ def train(cfg: Config, *, resume: bool = False) -> dict:
     step_fn = GANStep(
         accelerator, generator, discriminator, opt_g, opt_d, l1_weight=cfg.train.l1_weight
     )
-    data = cfg.data
+    data, tc = cfg.data, cfg.train
     loader = build_train_loader(
         train_shards,
         image_size=data.image_size,
@@ -206,30 +276,29 @@ def train(cfg: Config, *, resume: bool = False) -> dict:
         seed=cfg.run.seed,
         rank=rank,
         world_size=world,
-        skip_batches=start_step,
+        state=loader_state,
+        first_epoch=first_epoch,
     )
+    positions = LoaderState(data.num_workers)
+    if loader_state is not None:
+        positions.load_state_dict(loader_state)
     # The same held-out images in every sample grid, so progress is visible.
     fixed = None
     if is_main:
-        fixed = next(
-            iter(
-                build_eval_loader(
-                    test_shards or train_shards,
-                    image_size=data.image_size,
-                    batch_size=SAMPLE_IMAGES,
-                    num_workers=0,
-                    rank=0,
-                    world_size=1,
-                    limit=SAMPLE_IMAGES,
-                )
-            ),
-            None,
+        fixed_loader = build_eval_loader(
+            test_shards or train_shards,
+            image_size=data.image_size,
+            batch_size=SAMPLE_IMAGES,
+            num_workers=0,
+            rank=0,
+            world_size=1,
+            limit=SAMPLE_IMAGES,
         )
+        fixed = next(iter(fixed_loader), None)
 
     device = accelerator.device
     version = code_version()
     skipped = 0
-    tc = cfg.train
     with Tracker(
         run_dir, enabled=is_main, total_steps=tc.max_steps, start_step=start_step
     ) as tracker:
@@ -237,6 +306,7 @@ def train(cfg: Config, *, resume: bool = False) -> dict:
         t_last, step_last = time.perf_counter(), start_step
         for step in range(start_step + 1, tc.max_steps + 1):
             batch = next(batches)
+            positions.update(batch)
             torch.manual_seed(step_seed(cfg.run.seed, step, rank))
             losses = step_fn(
                 batch["L"].to(device, non_blocking=True), batch["ab"].to(device, non_blocking=True)
@@ -274,6 +344,8 @@ def train(cfg: Config, *, resume: bool = False) -> dict:
                 tracker.log_samples(step, _samples(plain_generator, fixed, device))
 
             if step % tc.ckpt_every == 0 or step == tc.max_steps:
+                # Every rank's loader position goes into rank 0's checkpoint (a collective).
+                loader_states = gather_object([positions.state_dict()])
                 if is_main:
                     save_checkpoint(
                         {
@@ -282,10 +354,12 @@ def train(cfg: Config, *, resume: bool = False) -> dict:
                             "D": accelerator.unwrap_model(discriminator).state_dict(),
                             "opt_g": opt_g.state_dict(),
                             "opt_d": opt_d.state_dict(),
+                            "loader": loader_states,
                             "config": cfg.model_dump(mode="json"),
                             "code_version": version,
                             "world_size": world,
                             "num_workers": data.num_workers,
+                            "batch_size": data.batch_size,
                         },
                         ckpt_dir,
                         step=step,
@@ -295,34 +369,30 @@ def train(cfg: Config, *, resume: bool = False) -> dict:
 
         result = {"steps": tc.max_steps, "skipped_samples": skipped}
         if tc.eval_images > 0 and test_shards:
-            result.update(
-                held_out_l1(
-                    plain_generator,
-                    build_eval_loader(
-                        test_shards,
-                        image_size=data.image_size,
-                        batch_size=data.batch_size,
-                        num_workers=min(data.num_workers, 2),
-                        rank=rank,
-                        world_size=world,
-                        limit=tc.eval_images,
-                    ),
-                    accelerator,
-                )
+            # BN statistics last moved locally on each rank: evaluate rank 0's (the saved) ones.
+            broadcast_buffers(plain_generator)
+            eval_loader = build_eval_loader(
+                test_shards,
+                image_size=data.image_size,
+                batch_size=data.batch_size,
+                num_workers=min(data.num_workers, 2),
+                rank=rank,
+                world_size=world,
+                limit=tc.eval_images,
             )
+            result.update(held_out_l1(plain_generator, eval_loader, accelerator))
             tracker.log_scalars(
                 tc.max_steps,
                 {"eval/l1_model": result["l1_model"], "eval/l1_no_colour": result["l1_no_colour"]},
             )
     if is_main:
         _report(run_dir, result)
-    accelerator.end_training()
+    del batches, loader, step_fn, generator, discriminator, opt_g, opt_d
+    shutdown(accelerator)
     return result
 
 
 def _report(run_dir: Path, result: dict) -> None:
-    import json
-
     (run_dir / "eval.json").write_text(json.dumps(result, indent=2))
     if "l1_model" in result:
         print(

@@ -49,6 +49,7 @@ def main() -> None:
         ("--test-fraction", a.test_fraction, 0 <= a.test_fraction < 1),
         ("--workers", a.workers, a.workers >= 1),
         ("--synthetic", a.synthetic, a.synthetic >= 0),
+        ("--synthetic-size", a.synthetic_size, 32 <= a.synthetic_size <= 512),
     ]:
         if not ok:
             raise UserError(f"{flag}: invalid value {value}")

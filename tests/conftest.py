@@ -17,6 +17,7 @@ def tiny_overrides(tmp_path: Path, shards: Path, **extra: object) -> list[str]:
         "run.out_dir": str(tmp_path / "runs"),
         "run.name": "tiny",
         "data.shards": str(shards),
+        "data.synthetic": "null",  # prebuilt shards; extra data.synthetic.* keys re-enable it
         "data.image_size": 32,
         "data.batch_size": 4,
         "data.num_workers": 0,

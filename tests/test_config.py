@@ -56,6 +56,9 @@ def test_synthetic_section_can_be_set_from_overrides_when_null():
         ("run.name=a/b", "run.name: string should match pattern"),
         ("data.batch_size.x=1", "data.batch_size: is not a section"),
         ("train.max_steps", "override 'train.max_steps': expected section.key=value"),
+        ("run.seed=100000000000000000000000", "run.seed: input should be less than"),
+        ("train.lr_g=.inf", "train.lr_g: input should be a finite number"),
+        ("data.shards=", "data.shards: string should have at least 1 character"),
     ],
 )
 def test_bad_values_name_the_key(override, expected):
@@ -85,3 +88,11 @@ def test_yaml_round_trip_gives_the_same_config():
     cfg = load_config(ROOT / "configs/default.yaml", ["train.max_steps=7"])
     again = Config.model_validate(yaml.safe_load(config_to_yaml(cfg)))
     assert again == cfg
+
+
+def test_bare_yaml_no_means_no_mixed_precision(tmp_path):
+    assert load_config(None, ["train.mixed_precision=no"]).train.mixed_precision == "no"
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  mixed_precision: no\n")
+    assert load_config(path).train.mixed_precision == "no"
+    assert load_config(None, ["train.mixed_precision=bf16"]).train.mixed_precision == "bf16"

@@ -10,13 +10,14 @@ from PIL import Image
 from distcolor.color import gray_to_lightness
 from distcolor.data.loader import (
     EvalStream,
+    LoaderState,
     TrainStream,
     build_eval_loader,
     build_train_loader,
     check_train_split,
 )
 from distcolor.data.shards import read_manifest, shard_list, write_shards
-from distcolor.data.sources import synthetic_samples
+from distcolor.data.sources import Sample, synthetic_samples
 from distcolor.errors import UserError
 
 
@@ -85,31 +86,80 @@ def test_epochs_reshuffle_and_runs_repeat(tiny_shards):
     assert first[:per_epoch] != first[per_epoch : 2 * per_epoch]
 
 
-@pytest.mark.parametrize("num_workers", [0, 2])
-def test_fast_forward_gives_exactly_the_batches_that_would_follow(tiny_shards, num_workers):
-    shards = train_shards(tiny_shards)
-    per_epoch = sum(c for _, c in shards) // 4
-    skip = per_epoch + 3  # lands inside the second epoch
+def resumed_matches_uninterrupted(shards, *, num_workers, batch_size, skip):
+    """Take `skip` batches, snapshot LoaderState, resume from it: the next batches must be
+    exactly the ones the uninterrupted loader gives."""
 
-    def batches(skip_batches, n):
-        loader = build_train_loader(
+    def loader(state=None):
+        return build_train_loader(
             shards,
             image_size=32,
-            batch_size=4,
+            batch_size=batch_size,
             num_workers=num_workers,
             shuffle_buffer=8,
             seed=0,
             rank=0,
             world_size=1,
-            skip_batches=skip_batches,
+            state=state,
         )
-        return list(itertools.islice(iter(loader), n))
 
-    full = batches(0, skip + 4)
-    resumed = batches(skip, 4)
+    full = list(itertools.islice(iter(loader()), skip + 4))
+    positions = LoaderState(num_workers)
+    for batch in full[:skip]:
+        positions.update(batch)
+    resumed = list(itertools.islice(iter(loader(positions.state_dict())), 4))
     for a, b in zip(full[skip:], resumed, strict=True):
         assert a["keys"] == b["keys"]
         assert torch.equal(a["L"], b["L"]) and torch.equal(a["ab"], b["ab"])
+
+
+@pytest.mark.filterwarnings("ignore:This DataLoader will create")
+@pytest.mark.parametrize("num_workers", [0, 2, 3])
+@pytest.mark.parametrize("extra", [3, 4])  # odd and even: resume mid-rotation of the workers
+def test_resume_gives_exactly_the_batches_that_would_follow(tiny_shards, num_workers, extra):
+    shards = train_shards(tiny_shards)
+    per_epoch = sum(c for _, c in shards) // 4
+    resumed_matches_uninterrupted(
+        shards, num_workers=num_workers, batch_size=4, skip=per_epoch + extra
+    )  # lands in a later epoch
+
+
+def test_resume_is_exact_with_corrupt_samples(tmp_path):
+    samples = list(synthetic_samples(24, size=40, seed=0, quality=90))
+    for i in (2, 7, 11, 12, 20):
+        bad = samples[i]
+        samples[i] = type(bad)(bad.key, bad.jpeg[: len(bad.jpeg) // 3], bad.meta)
+    manifest = write_shards(samples, tmp_path, shard_size=6, test_fraction=1e-9, seed=0)
+    shards = shard_list(tmp_path, manifest, "train")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for skip in (5, 6, 7):
+            resumed_matches_uninterrupted(shards, num_workers=0, batch_size=3, skip=skip)
+
+
+def test_a_worker_with_nothing_decodable_stops_with_one_line(tmp_path):
+    samples = [Sample(f"k{i}", b"not a jpeg", {"source": "x", "sha256": f"h{i}"}) for i in range(8)]
+    manifest = write_shards(samples, tmp_path, shard_size=4, test_fraction=1e-9, seed=0)
+    loader = build_train_loader(
+        shard_list(tmp_path, manifest, "train"),
+        image_size=32,
+        batch_size=2,
+        num_workers=0,
+        shuffle_buffer=4,
+        seed=0,
+        rank=0,
+        world_size=1,
+    )
+    positions = LoaderState(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(
+            UserError,
+            match="^data.shards: loader worker 0 of rank 0 found no 2 "
+            "decodable images in a whole epoch$",
+        ):
+            for batch in loader:
+                positions.update(batch)
 
 
 def corrupt_shards(tmp_path):

@@ -170,3 +170,49 @@ def test_output_folder_inside_a_source_is_not_read_back(tmp_path):
     again = build_shards(src / "shards", folders=[("photos", src)], size=32, overwrite=True)
     assert again["skipped_count"] == 0
     assert sum(again["splits"][s]["count"] for s in ("train", "test")) == 4
+
+
+def test_failed_rebuild_keeps_the_previous_dataset(tmp_path):
+    out = tmp_path / "s"
+    first = build_shards(out, synthetic=10, synthetic_size=32, size=32)
+    with pytest.raises(UserError, match="--source photos=.*typo: folder does not exist"):
+        build_shards(out, folders=[("photos", tmp_path / "typo")], overwrite=True)
+    empty = tmp_path / "nothing"
+    (empty / "a.txt").parent.mkdir()
+    (empty / "a.txt").write_text("x")
+    with pytest.raises(UserError, match="no usable images found .*a.txt: not an image"):
+        build_shards(out, folders=[("x", empty)], overwrite=True)
+    assert read_manifest(out) == first
+    assert not list(tmp_path.glob(".*partial"))
+    with pytest.raises(UserError, match="is a file, not a folder"):
+        build_shards(out / "manifest.json", synthetic=10, synthetic_size=32)
+
+
+def synthetic_cfg(**kw):
+    from distcolor.config import SyntheticConfig
+
+    return SyntheticConfig(**{"count": 12, "size": 32, "shard_size": 4, **kw})
+
+
+def test_ensure_shards_builds_only_into_a_missing_or_empty_folder(tmp_path):
+    from distcolor.data.shards import ensure_shards
+
+    built = ensure_shards(tmp_path / "new", synthetic_cfg(), log=lambda *_: None)
+    assert built == ensure_shards(tmp_path / "new", synthetic_cfg())  # reused, not rebuilt
+    (tmp_path / "empty").mkdir()
+    ensure_shards(tmp_path / "empty", synthetic_cfg(), log=lambda *_: None)
+    photos = tmp_path / "photos"
+    save(colour_image(1), photos / "1.jpg")
+    with pytest.raises(UserError, match="^data.shards: .*photos is not empty and has no manifest"):
+        ensure_shards(photos, synthetic_cfg())
+    assert sorted(p.name for p in photos.iterdir()) == ["1.jpg"]
+    with pytest.raises(UserError, match=r"^data.synthetic: .* count 12 \(config: 20\)"):
+        ensure_shards(tmp_path / "new", synthetic_cfg(count=20))
+    build_shards(tmp_path / "mine", folders=[("photos", photos)], size=32)
+    with pytest.raises(
+        UserError, match="holds shards not built from data.synthetic; set data.synthetic=null"
+    ):
+        ensure_shards(tmp_path / "mine", synthetic_cfg())
+    assert ensure_shards(tmp_path / "mine", None)["sources"] == {"photos": {"train": 1, "test": 0}}
+    with pytest.raises(UserError, match="^data.shards: .* is a file, not a folder"):
+        ensure_shards(photos / "1.jpg", None)

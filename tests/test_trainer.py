@@ -174,3 +174,36 @@ def test_resume_with_a_different_model_is_a_clear_error(tmp_path, tiny_shards):
     wider = load_config(None, tiny_overrides(tmp_path, tiny_shards, **{"model.g_width": 16}))
     with pytest.raises(UserError, match=r"^--resume: .*step-00000001.pt does not fit"):
         train(wider, resume=True)
+
+
+def test_fresh_run_refuses_to_mix_with_an_old_runs_checkpoints(tmp_path, tiny_shards):
+    cfg = load_config(None, tiny_overrides(tmp_path, tiny_shards, **{"train.max_steps": 1}))
+    train(cfg)
+    reset_accelerate()
+    with pytest.raises(
+        UserError, match="^run.name: .*tiny already holds checkpoints; pass --resume"
+    ):
+        train(cfg)
+
+
+def test_unreadable_latest_checkpoint_falls_back_and_resume_stays_exact(
+    tmp_path, tiny_shards, capsys
+):
+    cfg = load_config(
+        None,
+        tiny_overrides(tmp_path, tiny_shards, **{"train.max_steps": 5, "train.eval_images": 0}),
+    )
+    train(cfg)
+    before = metrics(cfg.run_dir)
+    ckpts = cfg.run_dir / "checkpoints"
+    (ckpts / "step-00000005.pt").write_bytes(b"truncated by a full disk")
+    reset_accelerate()
+    capsys.readouterr()
+    train(cfg, resume=True)
+    out = capsys.readouterr().out
+    assert "step-00000005.pt cannot be read" in out and "trying the previous checkpoint" in out
+    assert "resuming from" in out and "step-00000004.pt (step 4)" in out
+    rows = [json.loads(x)["step"] for x in (cfg.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert rows == [1, 2, 3, 4, 5]  # step 5 was redone, not logged twice
+    after = metrics(cfg.run_dir)
+    assert abs(after[5]["loss/G/l1"] - before[5]["loss/G/l1"]) < 1e-6

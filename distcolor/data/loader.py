@@ -13,10 +13,12 @@ count), so a resumed run can fast-forward to the exact batch it stopped at:
 - the DataLoader takes batches from its workers round-robin, so global batch i is
   batch i // num_workers of worker i % num_workers.
 
-Fast-forward skips whole epochs without reading them (the manifest gives their
-length) and decodes only the epoch it lands in. A sample that fails to decode is
-skipped, counted in the batch's `skipped` field and warned about; it never stops
-training.
+Each batch says which (logical) worker made it and how far into its epoch's shuffled
+raw stream that worker is; `LoaderState` collects this, checkpoints carry it, and a
+resumed stream skips exactly that many raw samples per worker without decoding them.
+A sample that fails to decode is skipped, counted in the batch's `skipped` field and
+warned about; it never stops training (a worker finding nothing decodable in a whole
+epoch reports it, and the trainer stops with one line).
 """
 
 from __future__ import annotations
@@ -113,8 +115,48 @@ def _samples(shards: list[str], counter: _SkipCounter) -> Iterator[dict]:
     return iter(wds.tarfile_samples([{"url": s} for s in shards], handler=counter))
 
 
+class LoaderState:
+    """Where one rank's training stream stands, for exact resume.
+
+    For each logical worker: (epoch, raw samples it has pulled from that epoch's shuffled
+    stream, unreadable ones included). Resuming skips those raw samples without decoding
+    them, so a restart costs a read of the shard bytes, not a re-decode, and stays exact
+    when some samples are corrupt. `batches` (batches consumed so far) fixes which worker
+    the resumed DataLoader's first batch must come from.
+    """
+
+    def __init__(self, num_workers: int) -> None:
+        self.num_workers = max(num_workers, 1)
+        self.batches = 0
+        self.positions: dict[int, tuple[int, int]] = {}
+
+    def update(self, batch: dict) -> None:
+        """Record a consumed batch; a worker's fatal report becomes a one-line UserError."""
+        if "fatal" in batch:
+            raise UserError(batch["fatal"])
+        self.positions[batch["worker"]] = (batch["epoch"], batch["consumed"])
+        self.batches += 1
+
+    def state_dict(self) -> dict:
+        positions = {str(w): list(p) for w, p in sorted(self.positions.items())}
+        return {"num_workers": self.num_workers, "batches": self.batches, "positions": positions}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.num_workers = int(state["num_workers"])
+        self.batches = int(state["batches"])
+        self.positions = {int(w): (int(e), int(c)) for w, (e, c) in state["positions"].items()}
+
+    def next_epoch(self) -> int:
+        """The first epoch no worker has started: where a stream with a new split begins."""
+        return 1 + max((e for e, _ in self.positions.values()), default=-1)
+
+
 class TrainStream(IterableDataset):
-    """Infinite, resumable stream of training batches for one rank."""
+    """Infinite, resumable stream of training batches for one rank.
+
+    Worker w plays logical worker (w + state.batches) % num_workers: the DataLoader always
+    asks worker 0 first, while the uninterrupted run's next batch was due from that one.
+    """
 
     def __init__(
         self,
@@ -126,60 +168,69 @@ class TrainStream(IterableDataset):
         seed: int,
         rank: int,
         world_size: int,
-        skip_batches: int = 0,
+        state: dict | None = None,
+        first_epoch: int = 0,
     ) -> None:
         self.shards, self.image_size, self.batch_size = shards, image_size, batch_size
         self.shuffle_buffer, self.seed = shuffle_buffer, seed
-        self.rank, self.world_size, self.skip_batches = rank, world_size, skip_batches
+        self.rank, self.world_size = rank, world_size
+        self.state, self.first_epoch = state, first_epoch
 
     def epoch_shards(self, epoch: int, worker: int, num_workers: int) -> Shards:
         order = list(self.shards)
         random.Random(f"{self.seed}:{epoch}").shuffle(order)
         return order[self.rank :: self.world_size][worker::num_workers]
 
-    def _epoch_batches(self, shards: Shards, epoch: int, worker: int) -> Iterator[dict]:
+    def _epoch_batches(
+        self, shards: Shards, epoch: int, worker: int, start: int = 0
+    ) -> Iterator[dict]:
+        """Batches of one epoch for logical `worker`, after its first `start` raw samples."""
         counter = _SkipCounter()
         rng = random.Random(f"{self.seed}:{epoch}:{self.rank}:{worker}")
         stream = _samples([path for path, _ in shards], counter)
         stream = wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer, rng=rng)(stream)
+        consumed = start
         images: list[Image.Image] = []
         keys: list[str] = []
-        reported = 0
-        for sample in stream:
+        reported = counter.count
+        for sample in itertools.islice(stream, start, None):
+            consumed += 1
             image = _decode(sample)
             if image is None:
-                counter(
-                    ValueError(
-                        f"undecodable image in sample {sample.get('__key__')!r} "
-                        f"of {sample.get('__url__')}"
-                    )
-                )
+                key, url = sample.get("__key__"), sample.get("__url__")
+                counter(ValueError(f"undecodable image in sample {key!r} of {url}"))
                 continue
             key_rng = random.Random(f"{self.seed}:{epoch}:{sample['__key__']}")
             images.append(train_view(image, self.image_size, key_rng))
             keys.append(sample["__key__"])
             if len(images) == self.batch_size:
-                yield make_batch(images, keys, counter.count - reported)
+                batch = make_batch(images, keys, counter.count - reported)
+                batch.update(worker=worker, epoch=epoch, consumed=consumed)
+                yield batch
                 reported, images, keys = counter.count, [], []
         # The partial batch at an epoch's end is dropped: every batch has batch_size images.
 
     def __iter__(self) -> Iterator[dict]:
         worker, num_workers = _worker()
-        # Global batches this worker would have produced before the resume point.
-        skip = len(range(worker, self.skip_batches, num_workers))
-        for epoch in itertools.count():
-            shards = self.epoch_shards(epoch, worker, num_workers)
-            expected = sum(count for _, count in shards) // self.batch_size
-            if expected == 0:
-                raise RuntimeError(f"worker {worker} of rank {self.rank} got no full batch")
-            if skip >= expected:  # whole epoch before the resume point: do not read it
-                skip -= expected
-                continue
-            for batch in self._epoch_batches(shards, epoch, worker):
-                if skip:
-                    skip -= 1
-                    continue
+        state = LoaderState(num_workers)
+        if self.state is not None:
+            state.load_state_dict(self.state)
+        logical = (worker + state.batches) % num_workers
+        epoch, start = state.positions.get(logical, (self.first_epoch, 0))
+        while True:
+            produced = 0
+            for batch in self._epoch_batches(
+                self.epoch_shards(epoch, logical, num_workers), epoch, logical, start
+            ):
+                produced += 1
                 yield batch
+            if produced == 0 and start == 0:
+                yield {
+                    "fatal": f"data.shards: loader worker {logical} of rank {self.rank} "
+                    f"found no {self.batch_size} decodable images in a whole epoch"
+                }
+                return
+            epoch, start = epoch + 1, 0
 
 
 class EvalStream(IterableDataset):
@@ -257,8 +308,11 @@ def build_train_loader(
     seed: int,
     rank: int,
     world_size: int,
-    skip_batches: int = 0,
+    state: dict | None = None,
+    first_epoch: int = 0,
 ) -> DataLoader:
+    """Loader of endless training batches; `state` (a LoaderState.state_dict() of the same
+    rank, worker count and batch size) resumes exactly where that state was taken."""
     check_train_split(shards, batch_size=batch_size, world_size=world_size, num_workers=num_workers)
     stream = TrainStream(
         shards,
@@ -268,7 +322,8 @@ def build_train_loader(
         seed=seed,
         rank=rank,
         world_size=world_size,
-        skip_batches=skip_batches,
+        state=state,
+        first_epoch=first_epoch,
     )
     return _loader(stream, num_workers)
 

@@ -12,6 +12,7 @@ import functools
 import hashlib
 import json
 import os
+import shutil
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from multiprocessing import Pool
@@ -73,14 +74,27 @@ class _SplitWriter:
         return {"count": sum(s["count"] for s in self.shards), "shards": self.shards}
 
 
-def _clear_previous(out: Path) -> None:
+def _check_out(out: Path, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out} is a file, not a folder")
+    if (out / MANIFEST).exists() and not overwrite:
+        raise UserError(f"{out} already holds shards (manifest.json); pass --overwrite to replace")
+
+
+def _publish(staging: Path, out: Path, manifest: dict) -> None:
+    """Swap a finished build into `out`; the previous shards stay until this point."""
+    out.mkdir(parents=True, exist_ok=True)
     # Manifest first: if we die half-way the folder reads as incomplete, not as stale-but-valid.
     (out / MANIFEST).unlink(missing_ok=True)
     for split in SPLITS:
         for old in out.glob(f"{split}-*.tar"):
             old.unlink()
-    for tmp in out.glob(".*.tar.tmp"):
-        tmp.unlink()
+    for new in staging.glob("*.tar"):
+        os.replace(new, out / new.name)
+    tmp = out / f".{MANIFEST}.tmp"
+    tmp.write_text(json.dumps(manifest, indent=2))
+    os.replace(tmp, out / MANIFEST)
+    shutil.rmtree(staging, ignore_errors=True)
 
 
 def write_shards(
@@ -93,52 +107,59 @@ def write_shards(
     overwrite: bool = False,
     settings: dict | None = None,
 ) -> dict:
-    """Write every Sample to its split's shards, list every Skip; returns the manifest."""
+    """Write every Sample to its split's shards, list every Skip; returns the manifest.
+
+    The build goes to a hidden sibling folder and replaces `out`'s shards only once it is
+    complete, so a failed or interrupted build never loses the previous dataset."""
     out = Path(out)
-    if (out / MANIFEST).exists() and not overwrite:
-        raise UserError(f"{out} already holds shards (manifest.json); pass --overwrite to replace")
-    out.mkdir(parents=True, exist_ok=True)
-    _clear_previous(out)
-    writers = {s: _SplitWriter(out, s, shard_size) for s in SPLITS}
+    _check_out(out, overwrite)
+    staging = out.parent / f".{out.name}.partial"
+    shutil.rmtree(staging, ignore_errors=True)  # left by an interrupted build
+    staging.mkdir(parents=True)
+    writers = {s: _SplitWriter(staging, s, shard_size) for s in SPLITS}
     seen: set[str] = set()
     per_source: dict[str, Counter] = {}
     skipped: list[dict] = []
     duplicates = 0
-    for rec in records:
-        if isinstance(rec, Skip):
-            skipped.append({"path": rec.path, "reason": rec.reason})
-            continue
-        digest = rec.meta["sha256"]
-        if digest in seen:
-            duplicates += 1
-            continue
-        seen.add(digest)
-        split = assign_split(digest, seed=seed, test_fraction=test_fraction)
-        writers[split].write(rec)
-        per_source.setdefault(rec.meta["source"], Counter())[split] += 1
+    try:
+        for rec in records:
+            if isinstance(rec, Skip):
+                skipped.append({"path": rec.path, "reason": rec.reason})
+                continue
+            digest = rec.meta["sha256"]
+            if digest in seen:
+                duplicates += 1
+                continue
+            seen.add(digest)
+            split = assign_split(digest, seed=seed, test_fraction=test_fraction)
+            writers[split].write(rec)
+            per_source.setdefault(rec.meta["source"], Counter())[split] += 1
+        splits = {s: w.close() for s, w in writers.items()}
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     manifest = {
         "format": FORMAT_VERSION,
         "created_by": f"distcolor {__version__}",
         "seed": seed,
         "test_fraction": test_fraction,
         "settings": settings or {},
-        "splits": {s: w.close() for s, w in writers.items()},
+        "splits": splits,
         "sources": {k: {s: c[s] for s in SPLITS} for k, c in sorted(per_source.items())},
         "duplicates": duplicates,
         "skipped_count": len(skipped),
         "skipped": skipped,
     }
-    tmp = out / f".{MANIFEST}.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2))
-    os.replace(tmp, out / MANIFEST)
+    if sum(split["count"] for split in splits.values()) == 0:
+        shutil.rmtree(staging, ignore_errors=True)  # nothing usable: keep what `out` had
+        return manifest
+    _publish(staging, out, manifest)
     return manifest
 
 
 def _folder_records(
     name: str, root: Path, *, out: Path, size: int, quality: int, workers: int
 ) -> Iterator[Sample | Skip]:
-    if not root.is_dir():
-        raise UserError(f"--source {name}={root}: folder does not exist")
     load = functools.partial(load_image_file, root=root, source=name, size=size, quality=quality)
     paths = list(iter_folder(root, exclude=out))
     if workers <= 1:
@@ -167,9 +188,12 @@ def build_shards(
     """Read every source, write shards + manifest to `out`; UserError if nothing was usable."""
     if not folders and synthetic <= 0:
         raise UserError("nothing to shard: give --source NAME=DIR and/or --synthetic N")
-    for name, _ in folders:
-        if not name or "-" in name or "." in name:
+    for name, root in folders:
+        if not name.isidentifier():
             raise UserError(f"--source {name!r}: names are letters, digits and _ only")
+        if not Path(root).is_dir():
+            raise UserError(f"--source {name}={root}: folder does not exist")
+    _check_out(Path(out), overwrite)  # before any work: a long build must not fail at the end
 
     def records() -> Iterator[Sample | Skip]:
         for name, root in folders:
@@ -182,6 +206,15 @@ def build_shards(
             )
 
     settings = {"size": size, "quality": quality, "shard_size": shard_size}
+    if synthetic > 0 and not folders:
+        # Lets the trainer tell whether a folder holds the synthetic set its config asks for.
+        settings["synthetic"] = {
+            "count": synthetic,
+            "size": synthetic_size,
+            "seed": synthetic_seed,
+            "shard_size": shard_size,
+            "test_fraction": test_fraction,
+        }
     manifest = write_shards(
         records(),
         Path(out),
@@ -193,9 +226,10 @@ def build_shards(
     )
     total = sum(manifest["splits"][s]["count"] for s in SPLITS)
     if total == 0:
+        first = manifest["skipped"][0] if manifest["skipped"] else None
+        example = f"; e.g. {first['path']}: {first['reason']}" if first else ""
         raise UserError(
-            f"no usable images found ({manifest['skipped_count']} inputs skipped; "
-            f"see {Path(out) / MANIFEST})"
+            f"no usable images found ({manifest['skipped_count']} inputs skipped{example})"
         )
     return manifest
 
@@ -231,10 +265,21 @@ def shard_list(folder: Path, manifest: dict, split: str) -> list[tuple[str, int]
 
 
 def ensure_shards(folder: Path, synthetic: SyntheticConfig | None, *, log=print) -> dict:
-    """The manifest of `folder`; first builds the synthetic dataset there if the config asks for
-    one and the folder holds no finished shards. Errors name `data.shards`."""
+    """The manifest of `folder`. With `synthetic` set, a missing or empty folder first gets
+    that synthetic dataset; a folder holding anything else is an error naming the key, so a
+    typo or a photo folder is never silently filled with (or trained as) synthetic data."""
     folder = Path(folder)
-    if synthetic is not None and not (folder / MANIFEST).is_file():
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"data.shards: {folder} is a file, not a folder")
+    if synthetic is None:
+        return read_manifest(folder)
+    want = synthetic.model_dump()
+    if not (folder / MANIFEST).is_file():
+        if folder.is_dir() and any(not p.name.startswith(".") for p in folder.iterdir()):
+            raise UserError(
+                f"data.shards: {folder} is not empty and has no manifest.json; refusing to "
+                "build synthetic data into it (use a new folder, or data.synthetic=null)"
+            )
         what = f"{synthetic.count} scenes at {synthetic.size} px"
         log(f"building synthetic dataset: {what} -> {folder}")
         build_shards(
@@ -248,4 +293,16 @@ def ensure_shards(folder: Path, synthetic: SyntheticConfig | None, *, log=print)
             seed=synthetic.seed,
             overwrite=True,
         )
-    return read_manifest(folder)
+    manifest = read_manifest(folder)
+    have = manifest.get("settings", {}).get("synthetic")
+    if have != want:
+        if have is None:
+            held = "shards not built from data.synthetic"
+        else:
+            diff = [f"{k} {have.get(k)} (config: {v})" for k, v in want.items() if have.get(k) != v]
+            held = "a synthetic set with " + ", ".join(diff)
+        raise UserError(
+            f"data.synthetic: {folder} holds {held}; set data.synthetic=null to train on it "
+            "as it is, or point data.shards at a new folder"
+        )
+    return manifest
