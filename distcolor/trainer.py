@@ -261,6 +261,8 @@ def train(cfg: Config, *, resume: bool = False) -> dict:
     generator, discriminator, opt_g, opt_d = accelerator.prepare(
         generator, discriminator, opt_g, opt_d
     )
+    if resume and accelerator.scaler is not None and state.get("scaler"):
+        accelerator.scaler.load_state_dict(state["scaler"])  # fp16 loss scale, for exactness
     # For rank-local forwards (samples, evaluation) that must not run DDP's collectives.
     plain_generator = accelerator.unwrap_model(generator)
     step_fn = GANStep(
@@ -360,6 +362,9 @@ def train(cfg: Config, *, resume: bool = False) -> dict:
                             "world_size": world,
                             "num_workers": data.num_workers,
                             "batch_size": data.batch_size,
+                            "scaler": (
+                                accelerator.scaler.state_dict() if accelerator.scaler else None
+                            ),
                         },
                         ckpt_dir,
                         step=step,
