@@ -23,8 +23,10 @@ epoch reports it, and the trainer stops with one line).
 
 from __future__ import annotations
 
+import functools
 import io
 import itertools
+import multiprocessing
 import random
 import warnings
 from collections.abc import Iterator
@@ -349,6 +351,21 @@ def build_eval_loader(
     return _loader(stream, num_workers)
 
 
+@functools.cache
+def _worker_context() -> multiprocessing.context.BaseContext:
+    """Start method for loader workers: forkserver, never plain fork.
+
+    By the time loaders start, the trainer runs threads (gloo's, TensorBoard's writer,
+    the progress bar); a fork() copies whatever lock one of them holds and the worker can
+    hang before it runs a line (seen here: a 2-rank run froze creating its eval loader).
+    The fork server is a fresh process that imports the loader once; workers fork from it."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["distcolor.data.loader"])
+    return context
+
+
 def _loader(stream: IterableDataset, num_workers: int) -> DataLoader:
     # batch_size=None: the stream already yields whole batches built on the workers.
     return DataLoader(
@@ -357,4 +374,5 @@ def _loader(stream: IterableDataset, num_workers: int) -> DataLoader:
         num_workers=num_workers,
         pin_memory=torch.cuda.is_available(),
         prefetch_factor=4 if num_workers > 0 else None,
+        multiprocessing_context=_worker_context() if num_workers > 0 else None,
     )
