@@ -1,4 +1,5 @@
-"""Checkpoints: atomic save, keep the last N, find the latest, load without unpickling code."""
+"""Checkpoints: atomic save, keep the last N, find the latest, load without unpickling code,
+restore into models and optimizers (falling back past unreadable files)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import re
 from pathlib import Path
 
 import torch
+from torch import nn
+from torch.optim import Optimizer
 
 from distcolor.errors import UserError
 
@@ -51,3 +54,32 @@ def load_checkpoint(path: Path) -> dict:
     except Exception as err:  # a damaged file can fail anywhere in the unpickler
         reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise UserError(f"checkpoint {path} cannot be read: {reason}") from None
+
+
+def restore_latest(
+    ckpt_dir: Path, models: dict[str, nn.Module], optimizers: dict[str, Optimizer], log=print
+) -> dict:
+    """Load the newest readable checkpoint into models and optimizers; returns its state.
+
+    An unreadable newest checkpoint (a crash mid-copy, a full disk) falls back to the one
+    before it rather than losing the run.
+    """
+    found = list_checkpoints(ckpt_dir)
+    if not found:
+        raise UserError(f"--resume: no checkpoint in {ckpt_dir}")
+    for path in reversed(found):
+        try:
+            state = load_checkpoint(path)
+        except UserError as err:
+            log(f"warning: {err}; trying the previous checkpoint")
+            continue
+        try:
+            for key, part in {**models, **optimizers}.items():
+                part.load_state_dict(state[key])
+        except (RuntimeError, KeyError, ValueError) as err:
+            raise UserError(
+                f"--resume: {path} does not fit this config's model ({str(err).splitlines()[0]})"
+            ) from None
+        log(f"resuming from {path} (step {state['step']})")
+        return state
+    raise UserError(f"--resume: no readable checkpoint in {ckpt_dir}")

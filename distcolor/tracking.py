@@ -120,3 +120,11 @@ class Tracker:
             self._writer.close()
             self._jsonl.close()
             self._writer = None
+
+
+def trim_metrics(run_dir: Path, step: int) -> None:
+    """Drop metric rows logged after the checkpoint we resume from (they will be redone)."""
+    path = run_dir / "metrics.jsonl"
+    if path.is_file():
+        rows = [r for r in path.read_text().splitlines() if r and json.loads(r)["step"] <= step]
+        path.write_text("".join(r + "\n" for r in rows))

@@ -21,7 +21,7 @@ from accelerate.utils import gather_object
 from torch import nn
 
 from distcolor import __version__
-from distcolor.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from distcolor.checkpoint import list_checkpoints, restore_latest, save_checkpoint
 from distcolor.config import Config, ModelConfig, config_to_yaml
 from distcolor.data.loader import LoaderState, build_eval_loader, build_train_loader
 from distcolor.data.shards import ensure_shards, read_manifest, shard_list
@@ -38,7 +38,7 @@ from distcolor.metrics import held_out_l1
 from distcolor.models import PatchDiscriminator, UNetGenerator
 from distcolor.models.patchgan import patch_output_size
 from distcolor.optim import build_optimizers
-from distcolor.tracking import Tracker, sample_grid
+from distcolor.tracking import Tracker, sample_grid, trim_metrics
 
 SAMPLE_IMAGES = 8  # columns of the sample grid
 
@@ -162,35 +162,6 @@ def _prepare_data(accelerator: Accelerator, cfg: Config, log) -> dict:
     return read_manifest(folder)
 
 
-def _restore(ckpt_dir: Path, models: tuple[nn.Module, ...], optimizers: tuple, log) -> dict:
-    """Load the newest readable checkpoint into models and optimizers; returns its state.
-
-    An unreadable newest checkpoint (a crash mid-copy, a full disk) falls back to the one
-    before it rather than losing the run.
-    """
-    found = list_checkpoints(ckpt_dir)
-    if not found:
-        raise UserError(f"--resume: no checkpoint in {ckpt_dir}")
-    for path in reversed(found):
-        try:
-            state = load_checkpoint(path)
-        except UserError as err:
-            log(f"warning: {err}; trying the previous checkpoint")
-            continue
-        try:
-            for module, key in zip(models, ("G", "D"), strict=True):
-                module.load_state_dict(state[key])
-            for optimizer, key in zip(optimizers, ("opt_g", "opt_d"), strict=True):
-                optimizer.load_state_dict(state[key])
-        except (RuntimeError, KeyError, ValueError) as err:
-            raise UserError(
-                f"--resume: {path} does not fit this config's model ({str(err).splitlines()[0]})"
-            ) from None
-        log(f"resuming from {path} (step {state['step']})")
-        return state
-    raise UserError(f"--resume: no readable checkpoint in {ckpt_dir}")
-
-
 def _loader_resume(state: dict, *, rank: int, world: int, cfg: Config, log) -> tuple:
     """(loader state for this rank, first epoch) from a checkpoint's saved loader positions."""
     saved = state.get("loader") or []
@@ -214,14 +185,6 @@ def _loader_resume(state: dict, *, rank: int, world: int, cfg: Config, log) -> t
         positions.load_state_dict(rank_state)
         first = max(first, positions.next_epoch())
     return None, first
-
-
-def _trim_metrics(run_dir: Path, step: int) -> None:
-    """Drop metric rows logged after the checkpoint we resume from (they will be redone)."""
-    path = run_dir / "metrics.jsonl"
-    if path.is_file():
-        rows = [r for r in path.read_text().splitlines() if r and json.loads(r)["step"] <= step]
-        path.write_text("".join(r + "\n" for r in rows))
 
 
 def train(cfg: Config, *, resume: bool = False) -> dict:
@@ -249,14 +212,19 @@ def train(cfg: Config, *, resume: bool = False) -> dict:
     opt_g, opt_d = build_optimizers(generator, discriminator, cfg=cfg.train)
     start_step, loader_state, first_epoch = 0, None, 0
     if resume:
-        state = _restore(ckpt_dir, (generator, discriminator), (opt_g, opt_d), log)
+        state = restore_latest(
+            ckpt_dir,
+            models={"G": generator, "D": discriminator},
+            optimizers={"opt_g": opt_g, "opt_d": opt_d},
+            log=log,
+        )
         start_step = int(state["step"])
         loader_state, first_epoch = _loader_resume(state, rank=rank, world=world, cfg=cfg, log=log)
     if is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(config_to_yaml(cfg))
         if resume:
-            _trim_metrics(run_dir, start_step)
+            trim_metrics(run_dir, start_step)
 
     generator, discriminator, opt_g, opt_d = accelerator.prepare(
         generator, discriminator, opt_g, opt_d
