@@ -162,16 +162,23 @@ def _prepare_data(accelerator: Accelerator, cfg: Config, log) -> dict:
     return read_manifest(folder)
 
 
-def _loader_resume(state: dict, *, rank: int, world: int, cfg: Config, log) -> tuple:
-    """(loader state for this rank, first epoch) from a checkpoint's saved loader positions."""
+def _total(accelerator: Accelerator, count: int) -> int:
+    """Sum of a per-rank count over all ranks (a collective: every rank must call it)."""
+    return int(accelerator.reduce(torch.tensor(count, device=accelerator.device), "sum").item())
+
+
+def _loader_resume(state: dict, *, rank: int, world: int, cfg: Config, log) -> LoaderState:
+    """This rank's loader position from a checkpoint (every rank's is saved in it)."""
     saved = state.get("loader") or []
+    positions = LoaderState(cfg.data.num_workers)
     same_split = (
         len(saved) == world
         and state.get("num_workers") == cfg.data.num_workers
         and state.get("batch_size") == cfg.data.batch_size
     )
     if same_split:
-        return saved[rank], 0
+        positions.load_state_dict(saved[rank])
+        return positions
     # Another split of the data: continue with fresh epochs rather than repeat old ones.
     log(
         f"warning: the checkpoint was written with {state.get('world_size')} process(es), "
@@ -179,12 +186,11 @@ def _loader_resume(state: dict, *, rank: int, world: int, cfg: Config, log) -> t
         f"now {world}, {cfg.data.num_workers} and {cfg.data.batch_size}: data order will "
         "differ from an uninterrupted run"
     )
-    first = 0
     for rank_state in saved:
-        positions = LoaderState(1)
-        positions.load_state_dict(rank_state)
-        first = max(first, positions.next_epoch())
-    return None, first
+        old = LoaderState(1)
+        old.load_state_dict(rank_state)
+        positions.first_epoch = max(positions.first_epoch, old.next_epoch())
+    return positions
 
 
 def train(cfg: Config, *, resume: bool = False) -> dict:
@@ -210,7 +216,7 @@ def train(cfg: Config, *, resume: bool = False) -> dict:
     torch.manual_seed(cfg.run.seed)  # the same initial weights on every rank
     generator, discriminator = build_models(cfg.model)
     opt_g, opt_d = build_optimizers(generator, discriminator, cfg=cfg.train)
-    start_step, loader_state, first_epoch = 0, None, 0
+    start_step, positions = 0, LoaderState(cfg.data.num_workers)
     if resume:
         state = restore_latest(
             ckpt_dir,
@@ -219,7 +225,7 @@ def train(cfg: Config, *, resume: bool = False) -> dict:
             log=log,
         )
         start_step = int(state["step"])
-        loader_state, first_epoch = _loader_resume(state, rank=rank, world=world, cfg=cfg, log=log)
+        positions = _loader_resume(state, rank=rank, world=world, cfg=cfg, log=log)
     if is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(config_to_yaml(cfg))
@@ -246,12 +252,8 @@ def train(cfg: Config, *, resume: bool = False) -> dict:
         seed=cfg.run.seed,
         rank=rank,
         world_size=world,
-        state=loader_state,
-        first_epoch=first_epoch,
+        state=positions.state_dict(),
     )
-    positions = LoaderState(data.num_workers)
-    if loader_state is not None:
-        positions.load_state_dict(loader_state)
     # The same held-out images in every sample grid, so progress is visible.
     fixed = None
     if is_main:
@@ -268,7 +270,6 @@ def train(cfg: Config, *, resume: bool = False) -> dict:
 
     device = accelerator.device
     version = code_version()
-    skipped = 0
     with Tracker(
         run_dir, enabled=is_main, total_steps=tc.max_steps, start_step=start_step
     ) as tracker:
@@ -281,13 +282,13 @@ def train(cfg: Config, *, resume: bool = False) -> dict:
             losses = step_fn(
                 batch["L"].to(device, non_blocking=True), batch["ab"].to(device, non_blocking=True)
             )
-            skipped += batch["skipped"]
 
             if step % tc.log_every == 0 or step == tc.max_steps:
                 now = time.perf_counter()
                 images_per_s = (step - step_last) * data.batch_size * world / (now - t_last)
                 t_last, step_last = now, step
                 scalars = {k: v.item() for k, v in losses.items()}
+                skipped = _total(accelerator, positions.skipped)
                 scalars.update(
                     {
                         "lr/G": opt_g.param_groups[0]["lr"],
@@ -340,7 +341,10 @@ def train(cfg: Config, *, resume: bool = False) -> dict:
                     )
                 accelerator.wait_for_everyone()
 
-        result = {"steps": tc.max_steps, "skipped_samples": skipped}
+        result = {
+            "steps": tc.max_steps,
+            "skipped_samples": _total(accelerator, positions.skipped),
+        }
         if tc.eval_images > 0 and test_shards:
             # BN statistics last moved locally on each rank: evaluate rank 0's (the saved) ones.
             broadcast_buffers(plain_generator)

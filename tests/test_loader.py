@@ -86,11 +86,12 @@ def test_epochs_reshuffle_and_runs_repeat(tiny_shards):
     assert first[:per_epoch] != first[per_epoch : 2 * per_epoch]
 
 
-def resumed_matches_uninterrupted(shards, *, num_workers, batch_size, skip):
+def resumed_matches_uninterrupted(shards, *, num_workers, batch_size, skip, first_epoch=0):
     """Take `skip` batches, snapshot LoaderState, resume from it: the next batches must be
     exactly the ones the uninterrupted loader gives."""
+    start = LoaderState(num_workers, first_epoch=first_epoch)
 
-    def loader(state=None):
+    def loader(state):
         return build_train_loader(
             shards,
             image_size=32,
@@ -103,13 +104,13 @@ def resumed_matches_uninterrupted(shards, *, num_workers, batch_size, skip):
             state=state,
         )
 
-    full = list(itertools.islice(iter(loader()), skip + 4))
-    positions = LoaderState(num_workers)
+    full = list(itertools.islice(iter(loader(start.state_dict())), skip + 4))
+    positions = start
     for batch in full[:skip]:
         positions.update(batch)
     resumed = list(itertools.islice(iter(loader(positions.state_dict())), 4))
     for a, b in zip(full[skip:], resumed, strict=True):
-        assert a["keys"] == b["keys"]
+        assert a["keys"] == b["keys"] and a["skipped"] == b["skipped"]
         assert torch.equal(a["L"], b["L"]) and torch.equal(a["ab"], b["ab"])
 
 
@@ -122,6 +123,19 @@ def test_resume_gives_exactly_the_batches_that_would_follow(tiny_shards, num_wor
     resumed_matches_uninterrupted(
         shards, num_workers=num_workers, batch_size=4, skip=per_epoch + extra
     )  # lands in a later epoch
+
+
+@pytest.mark.filterwarnings("ignore:This DataLoader will create")
+@pytest.mark.parametrize("skip", [0, 1, 2])
+def test_stream_started_at_a_later_epoch_resumes_before_every_worker_has_delivered(
+    tiny_shards, skip
+):
+    # After a resume that changed the data split, workers start at a fresh epoch; a
+    # checkpoint taken before each of them made a batch must keep that epoch.
+    shards = train_shards(tiny_shards)
+    resumed_matches_uninterrupted(shards, num_workers=3, batch_size=4, skip=skip, first_epoch=2)
+    positions = LoaderState(3, first_epoch=2)
+    assert positions.next_epoch() == 2
 
 
 def test_resume_is_exact_with_corrupt_samples(tmp_path):

@@ -124,12 +124,15 @@ class LoaderState:
     stream, unreadable ones included). Resuming skips those raw samples without decoding
     them, so a restart costs a read of the shard bytes, not a re-decode, and stays exact
     when some samples are corrupt. `batches` (batches consumed so far) fixes which worker
-    the resumed DataLoader's first batch must come from.
+    the resumed DataLoader's first batch must come from; a worker with no batch yet starts
+    at `first_epoch`. `skipped` counts the unreadable samples this rank has met.
     """
 
-    def __init__(self, num_workers: int) -> None:
+    def __init__(self, num_workers: int, first_epoch: int = 0) -> None:
         self.num_workers = max(num_workers, 1)
+        self.first_epoch = first_epoch
         self.batches = 0
+        self.skipped = 0
         self.positions: dict[int, tuple[int, int]] = {}
 
     def update(self, batch: dict) -> None:
@@ -138,19 +141,31 @@ class LoaderState:
             raise UserError(batch["fatal"])
         self.positions[batch["worker"]] = (batch["epoch"], batch["consumed"])
         self.batches += 1
+        self.skipped += batch["skipped"]
+
+    def position(self, worker: int) -> tuple[int, int]:
+        """(epoch, raw samples already read) where logical `worker` goes on."""
+        return self.positions.get(worker, (self.first_epoch, 0))
 
     def state_dict(self) -> dict:
-        positions = {str(w): list(p) for w, p in sorted(self.positions.items())}
-        return {"num_workers": self.num_workers, "batches": self.batches, "positions": positions}
+        return {
+            "num_workers": self.num_workers,
+            "first_epoch": self.first_epoch,
+            "batches": self.batches,
+            "skipped": self.skipped,
+            "positions": {str(w): list(p) for w, p in sorted(self.positions.items())},
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.num_workers = int(state["num_workers"])
+        self.first_epoch = int(state["first_epoch"])
         self.batches = int(state["batches"])
+        self.skipped = int(state["skipped"])
         self.positions = {int(w): (int(e), int(c)) for w, (e, c) in state["positions"].items()}
 
     def next_epoch(self) -> int:
         """The first epoch no worker has started: where a stream with a new split begins."""
-        return 1 + max((e for e, _ in self.positions.values()), default=-1)
+        return max([self.first_epoch] + [e + 1 for e, _ in self.positions.values()])
 
 
 class TrainStream(IterableDataset):
@@ -171,12 +186,11 @@ class TrainStream(IterableDataset):
         rank: int,
         world_size: int,
         state: dict | None = None,
-        first_epoch: int = 0,
     ) -> None:
         self.shards, self.image_size, self.batch_size = shards, image_size, batch_size
         self.shuffle_buffer, self.seed = shuffle_buffer, seed
         self.rank, self.world_size = rank, world_size
-        self.state, self.first_epoch = state, first_epoch
+        self.state = state
 
     def epoch_shards(self, epoch: int, worker: int, num_workers: int) -> Shards:
         order = list(self.shards)
@@ -191,11 +205,13 @@ class TrainStream(IterableDataset):
         rng = random.Random(f"{self.seed}:{epoch}:{self.rank}:{worker}")
         stream = _samples([path for path, _ in shards], counter)
         stream = wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer, rng=rng)(stream)
+        for _ in itertools.islice(stream, start):  # read before the resume point: not decoded
+            pass
         consumed = start
         images: list[Image.Image] = []
         keys: list[str] = []
-        reported = counter.count
-        for sample in itertools.islice(stream, start, None):
+        reported = counter.count  # errors met while skipping were counted before the stop
+        for sample in stream:
             consumed += 1
             image = _decode(sample)
             if image is None:
@@ -218,7 +234,7 @@ class TrainStream(IterableDataset):
         if self.state is not None:
             state.load_state_dict(self.state)
         logical = (worker + state.batches) % num_workers
-        epoch, start = state.positions.get(logical, (self.first_epoch, 0))
+        epoch, start = state.position(logical)
         while True:
             produced = 0
             for batch in self._epoch_batches(
@@ -311,7 +327,6 @@ def build_train_loader(
     rank: int,
     world_size: int,
     state: dict | None = None,
-    first_epoch: int = 0,
 ) -> DataLoader:
     """Loader of endless training batches; `state` (a LoaderState.state_dict() of the same
     rank, worker count and batch size) resumes exactly where that state was taken."""
@@ -325,7 +340,6 @@ def build_train_loader(
         rank=rank,
         world_size=world_size,
         state=state,
-        first_epoch=first_epoch,
     )
     return _loader(stream, num_workers)
 
