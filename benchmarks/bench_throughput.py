@@ -28,9 +28,9 @@ from distcolor.trainer import GANStep, build_models
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def loader_rate(shards, cfg, workers: int, batches: int) -> float:
+def default_loader(shards, cfg, workers: int):
     d = cfg.data
-    loader = build_train_loader(
+    return build_train_loader(
         shards,
         image_size=d.image_size,
         batch_size=d.batch_size,
@@ -40,12 +40,15 @@ def loader_rate(shards, cfg, workers: int, batches: int) -> float:
         rank=0,
         world_size=1,
     )
-    it = iter(loader)
+
+
+def loader_rate(shards, cfg, workers: int, batches: int) -> float:
+    it = iter(default_loader(shards, cfg, workers))
     next(it)  # worker start-up is not throughput
     start = time.perf_counter()
     for _ in itertools.islice(it, batches):
         pass
-    return batches * d.batch_size / (time.perf_counter() - start)
+    return batches * cfg.data.batch_size / (time.perf_counter() - start)
 
 
 def train_rate(shards, cfg, steps: int) -> float:
@@ -54,19 +57,7 @@ def train_rate(shards, cfg, steps: int) -> float:
     opt_g, opt_d = build_optimizers(g, d, cfg=cfg.train)
     g, d, opt_g, opt_d = accelerator.prepare(g, d, opt_g, opt_d)
     step = GANStep(accelerator, g, d, opt_g, opt_d, l1_weight=cfg.train.l1_weight)
-    dc = cfg.data
-    it = iter(
-        build_train_loader(
-            shards,
-            image_size=dc.image_size,
-            batch_size=dc.batch_size,
-            num_workers=dc.num_workers,
-            shuffle_buffer=dc.shuffle_buffer,
-            seed=0,
-            rank=0,
-            world_size=1,
-        )
-    )
+    it = iter(default_loader(shards, cfg, cfg.data.num_workers))
     for _ in range(3):  # warm-up
         b = next(it)
         step(b["L"], b["ab"])
@@ -74,7 +65,7 @@ def train_rate(shards, cfg, steps: int) -> float:
     for _ in range(steps):
         b = next(it)
         step(b["L"], b["ab"])
-    return steps * dc.batch_size / (time.perf_counter() - start)
+    return steps * cfg.data.batch_size / (time.perf_counter() - start)
 
 
 def main() -> None:

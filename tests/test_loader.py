@@ -1,6 +1,7 @@
 import itertools
 import shutil
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,27 +26,19 @@ def train_shards(folder):
     return shard_list(folder, read_manifest(folder), "train")
 
 
+STREAM_ARGS = dict(image_size=32, batch_size=4, shuffle_buffer=8, seed=0, rank=0, world_size=1)
+
+
 def stream(shards, **kw):
-    args = dict(image_size=32, batch_size=4, shuffle_buffer=8, seed=0, rank=0, world_size=1)
-    args.update(kw)
-    return TrainStream(shards, **args)
+    return TrainStream(shards, **{**STREAM_ARGS, **kw})
+
+
+def loader(shards, *, num_workers=0, **kw):
+    return build_train_loader(shards, num_workers=num_workers, **{**STREAM_ARGS, **kw})
 
 
 def test_batches_have_the_documented_shapes_and_ranges(tiny_shards):
-    batch = next(
-        iter(
-            build_train_loader(
-                train_shards(tiny_shards),
-                image_size=32,
-                batch_size=4,
-                num_workers=2,
-                shuffle_buffer=8,
-                seed=0,
-                rank=0,
-                world_size=1,
-            )
-        )
-    )
+    batch = next(iter(loader(train_shards(tiny_shards), num_workers=2)))
     assert batch["L"].shape == (4, 1, 32, 32) and batch["L"].dtype == torch.float32
     assert batch["ab"].shape == (4, 2, 32, 32) and batch["ab"].dtype == torch.float32
     assert batch["rgb"].shape == (4, 3, 32, 32) and batch["rgb"].dtype == torch.uint8
@@ -87,28 +80,22 @@ def test_epochs_reshuffle_and_runs_repeat(tiny_shards):
 
 
 def resumed_matches_uninterrupted(shards, *, num_workers, batch_size, skip, first_epoch=0):
-    """Take `skip` batches, snapshot LoaderState, resume from it: the next batches must be
-    exactly the ones the uninterrupted loader gives."""
+    """Take `skip` batches, snapshot LoaderState, resume from it, take 2, resume again: the
+    batches after each resume must be exactly the ones the uninterrupted loader gives."""
     start = LoaderState(num_workers, first_epoch=first_epoch)
 
-    def loader(state):
-        return build_train_loader(
-            shards,
-            image_size=32,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            shuffle_buffer=8,
-            seed=0,
-            rank=0,
-            world_size=1,
-            state=state,
-        )
+    def from_state(state):
+        return loader(shards, batch_size=batch_size, num_workers=num_workers, state=state)
 
-    full = list(itertools.islice(iter(loader(start.state_dict())), skip + 4))
+    full = list(itertools.islice(iter(from_state(start.state_dict())), skip + 6))
     positions = start
     for batch in full[:skip]:
         positions.update(batch)
-    resumed = list(itertools.islice(iter(loader(positions.state_dict())), 4))
+    resumed = list(itertools.islice(iter(from_state(positions.state_dict())), 2))
+    # ...and stop again mid-way: a resumed stream's own positions must resume exactly too.
+    for batch in resumed:
+        positions.update(batch)
+    resumed += list(itertools.islice(iter(from_state(positions.state_dict())), 4))
     for a, b in zip(full[skip:], resumed, strict=True):
         assert a["keys"] == b["keys"] and a["skipped"] == b["skipped"]
         assert torch.equal(a["L"], b["L"]) and torch.equal(a["ab"], b["ab"])
@@ -154,16 +141,7 @@ def test_resume_is_exact_with_corrupt_samples(tmp_path):
 def test_a_worker_with_nothing_decodable_stops_with_one_line(tmp_path):
     samples = [Sample(f"k{i}", b"not a jpeg", {"source": "x", "sha256": f"h{i}"}) for i in range(8)]
     manifest = write_shards(samples, tmp_path, shard_size=4, test_fraction=1e-9, seed=0)
-    loader = build_train_loader(
-        shard_list(tmp_path, manifest, "train"),
-        image_size=32,
-        batch_size=2,
-        num_workers=0,
-        shuffle_buffer=4,
-        seed=0,
-        rank=0,
-        world_size=1,
-    )
+    batches = loader(shard_list(tmp_path, manifest, "train"), batch_size=2, shuffle_buffer=4)
     positions = LoaderState(0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -172,7 +150,7 @@ def test_a_worker_with_nothing_decodable_stops_with_one_line(tmp_path):
             match="^data.shards: loader worker 0 of rank 0 found no 2 "
             "decodable images in a whole epoch$",
         ):
-            for batch in loader:
+            for batch in batches:
                 positions.update(batch)
 
 
@@ -202,8 +180,8 @@ def test_corrupt_tar_does_not_crash_the_worker(tmp_path, tiny_shards):
     shutil.copytree(tiny_shards, folder)
     shards = train_shards(folder)
     path = shards[0][0]
-    data = open(path, "rb").read()
-    open(path, "wb").write(data[:700] + b"\xff" * 3000)  # garbage after the first member
+    data = Path(path).read_bytes()
+    Path(path).write_bytes(data[:700] + b"\xff" * 3000)  # garbage after the first member
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         batches = list(itertools.islice(iter(stream(shards)), 20))

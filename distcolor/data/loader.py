@@ -29,7 +29,7 @@ import itertools
 import multiprocessing
 import random
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -115,6 +115,37 @@ class _SkipCounter:
 
 def _samples(shards: list[str], counter: _SkipCounter) -> Iterator[dict]:
     return iter(wds.tarfile_samples([{"url": s} for s in shards], handler=counter))
+
+
+def _batches(
+    samples: Iterator[dict],
+    counter: _SkipCounter,
+    view: Callable[[Image.Image, dict], Image.Image],
+    batch_size: int,
+    *,
+    keep_partial: bool,
+) -> Iterator[tuple[dict, int]]:
+    """Decode, crop (`view`) and batch raw samples; yields (batch, raw samples read so far).
+
+    Unreadable samples are counted and warned about; each batch's `skipped` says how many
+    were met since the previous batch."""
+    images: list[Image.Image] = []
+    keys: list[str] = []
+    reported = counter.count  # errors met before this stream (e.g. while skipping) are old
+    read = 0
+    for read, sample in enumerate(samples, start=1):
+        image = _decode(sample)
+        if image is None:
+            key, url = sample.get("__key__"), sample.get("__url__")
+            counter(ValueError(f"undecodable image in sample {key!r} of {url}"))
+            continue
+        images.append(view(image, sample))
+        keys.append(sample["__key__"])
+        if len(images) == batch_size:
+            yield make_batch(images, keys, counter.count - reported), read
+            reported, images, keys = counter.count, [], []
+    if keep_partial and images:
+        yield make_batch(images, keys, counter.count - reported), read
 
 
 class LoaderState:
@@ -207,25 +238,14 @@ class TrainStream(IterableDataset):
         stream = wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer, rng=rng)(stream)
         for _ in itertools.islice(stream, start):  # read before the resume point: not decoded
             pass
-        consumed = start
-        images: list[Image.Image] = []
-        keys: list[str] = []
-        reported = counter.count  # errors met while skipping were counted before the stop
-        for sample in stream:
-            consumed += 1
-            image = _decode(sample)
-            if image is None:
-                key, url = sample.get("__key__"), sample.get("__url__")
-                counter(ValueError(f"undecodable image in sample {key!r} of {url}"))
-                continue
+
+        def view(image: Image.Image, sample: dict) -> Image.Image:
             key_rng = random.Random(f"{self.seed}:{epoch}:{sample['__key__']}")
-            images.append(train_view(image, self.image_size, key_rng))
-            keys.append(sample["__key__"])
-            if len(images) == self.batch_size:
-                batch = make_batch(images, keys, counter.count - reported)
-                batch.update(worker=worker, epoch=epoch, consumed=consumed)
-                yield batch
-                reported, images, keys = counter.count, [], []
+            return train_view(image, self.image_size, key_rng)
+
+        for batch, read in _batches(stream, counter, view, self.batch_size, keep_partial=False):
+            batch.update(worker=worker, epoch=epoch, consumed=start + read)
+            yield batch
         # The partial batch at an epoch's end is dropped: every batch has batch_size images.
 
     def __iter__(self) -> Iterator[dict]:
@@ -276,24 +296,16 @@ class EvalStream(IterableDataset):
         slots = self.world_size * num_workers
         slot = self.rank * num_workers + worker
         counter = _SkipCounter()
-        images: list[Image.Image] = []
-        keys: list[str] = []
-        reported = 0
-        samples = _samples([path for path, _ in self.shards], counter)
-        for i, sample in enumerate(itertools.islice(samples, self.limit)):
-            if i % slots != slot:
-                continue
-            image = _decode(sample)
-            if image is None:
-                counter(ValueError(f"undecodable image in sample {sample.get('__key__')!r}"))
-                continue
-            images.append(eval_view(image, self.image_size))
-            keys.append(sample["__key__"])
-            if len(images) == self.batch_size:
-                yield make_batch(images, keys, counter.count - reported)
-                reported, images, keys = counter.count, [], []
-        if images:
-            yield make_batch(images, keys, counter.count - reported)
+        samples = itertools.islice(_samples([path for path, _ in self.shards], counter), self.limit)
+        mine = (sample for i, sample in enumerate(samples) if i % slots == slot)
+        for batch, _ in _batches(
+            mine,
+            counter,
+            lambda image, _: eval_view(image, self.image_size),
+            self.batch_size,
+            keep_partial=True,
+        ):
+            yield batch
 
 
 def check_train_split(

@@ -2,8 +2,9 @@
 
 Layout written to `out/`: `train-000000.tar ...`, `test-000000.tar ...` and, last,
 `manifest.json`. A folder without a manifest is incomplete (the loader refuses it),
-so an interrupted build never passes for a finished one. Each shard is written under
-a temporary name and renamed into place when complete.
+so an interrupted build never passes for a finished one. A build is written to a hidden
+sibling folder and moved into `out/` only once complete, so the previous shards survive
+a failed or interrupted rebuild.
 """
 
 from __future__ import annotations
@@ -43,15 +44,12 @@ class _SplitWriter:
         self.out, self.split, self.shard_size = out, split, shard_size
         self.shards: list[dict] = []
         self._tar: wds.TarWriter | None = None
-        self._tmp: Path | None = None
-        self._count = 0
 
     def write(self, sample: Sample) -> None:
         if self._tar is None:
             name = f"{self.split}-{len(self.shards):06d}.tar"
-            self._tmp = self.out / f".{name}.tmp"
             # mtime fixed: the same inputs give byte-identical shards.
-            self._tar = wds.TarWriter(str(self._tmp), encoder=False, mtime=0.0)
+            self._tar = wds.TarWriter(str(self.out / name), encoder=False, mtime=0.0)
             self.shards.append({"file": name, "count": 0})
         record = {
             "__key__": sample.key,
@@ -66,7 +64,6 @@ class _SplitWriter:
     def _finish_shard(self) -> None:
         if self._tar is not None:
             self._tar.close()
-            os.replace(self._tmp, self.out / self.shards[-1]["file"])
             self._tar = None
 
     def close(self) -> dict:
