@@ -40,3 +40,11 @@ def lab_to_srgb(lightness: torch.Tensor, chroma: torch.Tensor) -> torch.Tensor:
 def uint8_to_unit(images: torch.Tensor) -> torch.Tensor:
     """uint8 (B, C, H, W) -> float32 in [0, 1]."""
     return images.float().div_(255.0)
+
+
+def lab_inputs(batch: dict, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """A loader batch's uint8 `gray` and `rgb` -> (L, ab) on `device`, converted there:
+    one batched op on the GPU instead of per-image float work on the loader workers."""
+    gray = batch["gray"].to(device, non_blocking=True)
+    rgb = batch["rgb"].to(device, non_blocking=True)
+    return gray_to_lightness(uint8_to_unit(gray)), rgb_to_chroma(uint8_to_unit(rgb))

@@ -84,6 +84,25 @@ class DataConfig(Section):
     """Loader worker processes per rank (decode + grayscale + crop run there)."""
     shuffle_buffer: int = Field(256, ge=1)
     """Samples held in the per-worker shuffle buffer."""
+    train_urls: str | None = None
+    """Read train tars from here instead of `shards`: a brace pattern, `::` list or `pipe:`
+    URL (e.g. `pipe:aws s3 cp s3://b/set/train-faces-{000000..000009}.tar -`); each must
+    name a shard of the manifest in `shards`."""
+    test_urls: str | None = None
+    """As `train_urls`, for the test split."""
+    sampling: Literal["epochs", "resampled"] = "epochs"
+    """epochs: every train sample once per epoch, readers disjoint (needs a shard per rank
+    x worker). resampled: shards drawn with replacement, endless; allows source_weights."""
+    source_weights: dict[str, float] | None = None
+    """Share of samples drawn from each source (e.g. {faces: 1, flowers: 1}), whatever
+    their sizes; unlisted sources are not used. Needs sampling=resampled."""
+
+    @field_validator("source_weights")
+    @classmethod
+    def _weights_valid(cls, weights: dict[str, float] | None) -> dict[str, float] | None:
+        if weights is not None and (not weights or any(w < 0 for w in weights.values())):
+            raise ValueError(f"weights must be >= 0, at least one source (got {weights})")
+        return weights
 
 
 class ModelConfig(Section):
@@ -143,6 +162,15 @@ class Config(Section):
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
+
+    @model_validator(mode="after")
+    def _weights_need_resampling(self) -> Config:
+        if self.data.source_weights and self.data.sampling != "resampled":
+            raise ValueError(
+                "data.source_weights: needs data.sampling=resampled (an epoch reads every "
+                "sample once, which fixes each source's share)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _sizes_fit_networks(self) -> Config:

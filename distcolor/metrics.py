@@ -7,6 +7,8 @@ from accelerate import Accelerator
 from torch import nn
 from torch.utils.data import DataLoader
 
+from distcolor.color import lab_inputs
+
 
 @torch.no_grad()
 def held_out_l1(generator: nn.Module, loader: DataLoader, accelerator: Accelerator) -> dict:
@@ -21,8 +23,7 @@ def held_out_l1(generator: nn.Module, loader: DataLoader, accelerator: Accelerat
     # (sum |pred - true|, sum |true|, pixels, images) on this rank
     totals = torch.zeros(4, dtype=torch.float64, device=device)
     for batch in loader:
-        lightness = batch["L"].to(device, non_blocking=True)
-        chroma = batch["ab"].to(device, non_blocking=True)
+        lightness, chroma = lab_inputs(batch, device)
         prediction = generator(lightness).float()
         totals[0] += (prediction - chroma).abs().sum().double()
         totals[1] += chroma.abs().sum().double()

@@ -22,9 +22,11 @@ from torch import nn
 
 from distcolor import __version__
 from distcolor.checkpoint import list_checkpoints, restore_latest, save_checkpoint
+from distcolor.color import lab_inputs
 from distcolor.config import Config, ModelConfig, config_to_yaml
+from distcolor.data.catalog import read_manifest, shard_list
 from distcolor.data.loader import LoaderState, build_eval_loader, build_train_loader
-from distcolor.data.shards import ensure_shards, read_manifest, shard_list
+from distcolor.data.shards import ensure_shards
 from distcolor.distributed import (
     broadcast_buffers,
     build_accelerator,
@@ -140,9 +142,10 @@ def _samples(generator: nn.Module, batch: dict, device: torch.device) -> torch.T
     broadcast) and only rank 0 draws samples."""
     was_training = generator.training
     generator.eval()
-    chroma = generator(batch["L"].to(device)).float()
+    lightness, _ = lab_inputs(batch, device)
+    chroma = generator(lightness).float()
     generator.train(was_training)
-    return sample_grid(batch["L"], chroma, batch["rgb"])
+    return sample_grid(lightness, chroma, batch["rgb"])
 
 
 def _prepare_data(accelerator: Accelerator, cfg: Config, log) -> dict:
@@ -167,6 +170,14 @@ def _total(accelerator: Accelerator, count: int) -> int:
     return int(accelerator.reduce(torch.tensor(count, device=accelerator.device), "sum").item())
 
 
+def _mix(accelerator: Accelerator, state: LoaderState, sources: list[str]) -> dict[str, float]:
+    """Share of the training images so far from each source, over all ranks (a collective)."""
+    counts = torch.tensor([state.mix[s] for s in sources], dtype=torch.float64)
+    counts = accelerator.reduce(counts.to(accelerator.device), "sum").cpu()
+    total = max(counts.sum().item(), 1.0)
+    return {s: counts[i].item() / total for i, s in enumerate(sources)}
+
+
 def _loader_resume(state: dict, *, rank: int, world: int, cfg: Config, log) -> LoaderState:
     """This rank's loader position from a checkpoint (every rank's is saved in it)."""
     saved = state.get("loader") or []
@@ -189,7 +200,8 @@ def _loader_resume(state: dict, *, rank: int, world: int, cfg: Config, log) -> L
     for rank_state in saved:
         old = LoaderState(1)
         old.load_state_dict(rank_state)
-        positions.first_epoch = max(positions.first_epoch, old.next_epoch())
+        for tag, round_ in old.next_rounds().items():
+            positions.first_round[tag] = max(positions.first_round.get(tag, 0), round_)
     return positions
 
 
@@ -208,10 +220,12 @@ def train(cfg: Config, *, resume: bool = False) -> dict:
     log = print if is_main else (lambda *_: None)
 
     manifest = _prepare_data(accelerator, cfg, log)
-    train_shards = shard_list(Path(cfg.data.shards), manifest, "train")
-    test_shards = shard_list(Path(cfg.data.shards), manifest, "test")
+    folder = Path(cfg.data.shards)
+    train_shards = shard_list(folder, manifest, "train", urls=cfg.data.train_urls)
+    test_shards = shard_list(folder, manifest, "test", urls=cfg.data.test_urls)
     if not train_shards:
         raise UserError(f"data.shards: {cfg.data.shards} has no train shards")
+    sources = sorted({shard.source for shard in train_shards})
 
     torch.manual_seed(cfg.run.seed)  # the same initial weights on every rank
     generator, discriminator = build_models(cfg.model)
@@ -252,6 +266,8 @@ def train(cfg: Config, *, resume: bool = False) -> dict:
         seed=cfg.run.seed,
         rank=rank,
         world_size=world,
+        sampling=data.sampling,
+        source_weights=data.source_weights,
         state=positions.state_dict(),
     )
     # The same held-out images in every sample grid, so progress is visible.
@@ -279,9 +295,7 @@ def train(cfg: Config, *, resume: bool = False) -> dict:
             batch = next(batches)
             positions.update(batch)
             torch.manual_seed(step_seed(cfg.run.seed, step, rank))
-            losses = step_fn(
-                batch["L"].to(device, non_blocking=True), batch["ab"].to(device, non_blocking=True)
-            )
+            losses = step_fn(*lab_inputs(batch, device))
 
             if step % tc.log_every == 0 or step == tc.max_steps:
                 now = time.perf_counter()
@@ -289,6 +303,8 @@ def train(cfg: Config, *, resume: bool = False) -> dict:
                 t_last, step_last = now, step
                 scalars = {k: v.item() for k, v in losses.items()}
                 skipped = _total(accelerator, positions.skipped)
+                mix = _mix(accelerator, positions, sources)
+                scalars.update({f"data/mix/{name}": share for name, share in mix.items()})
                 scalars.update(
                     {
                         "lr/G": opt_g.param_groups[0]["lr"],
@@ -344,6 +360,7 @@ def train(cfg: Config, *, resume: bool = False) -> dict:
         result = {
             "steps": tc.max_steps,
             "skipped_samples": _total(accelerator, positions.skipped),
+            "source_mix": _mix(accelerator, positions, sources),
         }
         if tc.eval_images > 0 and test_shards:
             # BN statistics last moved locally on each rank: evaluate rank 0's (the saved) ones.
@@ -378,6 +395,9 @@ def _report(run_dir: Path, result: dict) -> None:
         )
     if result["skipped_samples"]:
         print(f"skipped {result['skipped_samples']} unreadable samples")
+    if len(result["source_mix"]) > 1:
+        mix = ", ".join(f"{name} {share:.1%}" for name, share in result["source_mix"].items())
+        print(f"training images by source: {mix}")
     print(f"samples:     {run_dir / 'samples'}")
     print(f"checkpoints: {run_dir / 'checkpoints'}")
     print(f"tensorboard: tensorboard --logdir {run_dir / 'tb'}")

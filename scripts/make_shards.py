@@ -1,7 +1,10 @@
 """Pack images into WebDataset shards: `python scripts/make_shards.py --out shards/NAME SOURCES`.
 
-Sources: `--source NAME=DIR` (a folder walked recursively; repeatable) and/or
-`--synthetic N` (procedural scenes). Writes train-*.tar, test-*.tar and manifest.json.
+Sources: `--source NAME=DIR` (repeatable) and/or `--synthetic N` (procedural scenes).
+The names landscapes, faces, flowers and scenes know their dataset's layout (Kaggle
+landscapes, VGGFace2, Oxford 102 Flowers, ADE20K); any other name is a folder walked
+recursively. Writes train-*.tar, test-*.tar and manifest.json; re-running an
+interrupted build with the same arguments keeps the shards it finished.
 """
 
 from __future__ import annotations
@@ -10,7 +13,8 @@ import argparse
 from pathlib import Path
 
 from distcolor.cli import run_main
-from distcolor.data.shards import build_shards
+from distcolor.data.shards import build_shards, few_shards_warning
+from distcolor.data.sources import DEFAULT_MIN_COLORFULNESS
 from distcolor.errors import UserError
 
 
@@ -30,7 +34,8 @@ def main() -> None:
         type=_source,
         default=[],
         metavar="NAME=DIR",
-        help="image folder to include, walked recursively (repeatable)",
+        help="dataset folder (landscapes, faces, flowers, scenes: their layout; other names: "
+        "every file under DIR); repeatable",
     )
     p.add_argument("--synthetic", type=int, default=0, metavar="N", help="add N procedural scenes")
     p.add_argument("--synthetic-size", type=int, default=96, help="side of synthetic scenes (px)")
@@ -39,7 +44,20 @@ def main() -> None:
     p.add_argument("--shard-size", type=int, default=1000, help="samples per shard")
     p.add_argument("--test-fraction", type=float, default=0.2, help="share held out for testing")
     p.add_argument("--seed", type=int, default=0, help="split (and synthetic scene) seed")
+    p.add_argument(
+        "--min-colorfulness",
+        type=float,
+        default=DEFAULT_MIN_COLORFULNESS,
+        help="skip nearly colourless images below this Hasler-Suesstrunk colourfulness "
+        f"(default {DEFAULT_MIN_COLORFULNESS}; 0 keeps every colour image)",
+    )
     p.add_argument("--workers", type=int, default=1, help="processes decoding input images")
+    p.add_argument(
+        "--readers",
+        type=int,
+        default=16,
+        help="ranks x loader workers you plan to train with (warns when shards are fewer)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace shards already in --out")
     a = p.parse_args()
     for flag, value, ok in [
@@ -48,6 +66,8 @@ def main() -> None:
         ("--shard-size", a.shard_size, a.shard_size >= 1),
         ("--test-fraction", a.test_fraction, 0 <= a.test_fraction < 1),
         ("--workers", a.workers, a.workers >= 1),
+        ("--readers", a.readers, a.readers >= 1),
+        ("--min-colorfulness", a.min_colorfulness, 0 <= a.min_colorfulness < 200),
         ("--synthetic", a.synthetic, a.synthetic >= 0),
         ("--synthetic-size", a.synthetic_size, 32 <= a.synthetic_size <= 512),
     ]:
@@ -64,10 +84,15 @@ def main() -> None:
         shard_size=a.shard_size,
         test_fraction=a.test_fraction,
         seed=a.seed,
+        min_colorfulness=a.min_colorfulness,
         workers=a.workers,
         overwrite=a.overwrite,
     )
     splits = manifest["splits"]
+    for name, counts in manifest["sources"].items():
+        print(
+            f"  {name}: train {counts['train']}, test {counts['test']}, skipped {counts['skipped']}"
+        )
     print(
         f"wrote {a.out}: train {splits['train']['count']} in {len(splits['train']['shards'])} "
         f"shards, test {splits['test']['count']} in {len(splits['test']['shards'])} shards, "
@@ -77,6 +102,12 @@ def main() -> None:
         print(f"  skipped {skip['path']}: {skip['reason']}")
     if manifest["skipped_count"] > 10:
         print(f"  ... and {manifest['skipped_count'] - 10} more (see manifest.json)")
+    if manifest["skipped_by_kind"]:
+        kinds = ", ".join(f"{k} {n}" for k, n in manifest["skipped_by_kind"].items())
+        print(f"skipped by kind: {kinds}")
+    warning = few_shards_warning(manifest, a.readers)
+    if warning:
+        print(f"warning: {warning}")
 
 
 if __name__ == "__main__":

@@ -5,15 +5,8 @@ import tarfile
 import pytest
 from PIL import Image
 
-from distcolor.data.shards import (
-    MANIFEST,
-    assign_split,
-    build_shards,
-    read_manifest,
-    shard_list,
-    write_shards,
-)
-from distcolor.data.sources import Sample
+from distcolor.data.catalog import MANIFEST, read_manifest, shard_list
+from distcolor.data.shards import assign_split, build_shards
 from distcolor.errors import UserError
 
 
@@ -47,35 +40,25 @@ def test_round_trip_counts_match_manifest(tmp_path):
     total = 0
     for split in ("train", "test"):
         shards = shard_list(out, manifest, split)
-        assert [p.rsplit("/", 1)[1] for p, _ in shards] == [
-            f"{split}-{i:06d}.tar" for i in range(len(shards))
+        assert [s.url.rsplit("/", 1)[1] for s in shards] == [
+            f"{split}-synthetic-{i:06d}.tar" for i in range(len(shards))
         ]
-        for path, count in shards:
-            samples = read_tar(path)
-            assert len(samples) == count <= 7
+        for shard in shards:
+            samples = read_tar(shard.url)
+            assert len(samples) == shard.count <= 7 and shard.source == "synthetic"
             for key, sample in samples.items():
                 meta = json.loads(sample["json"])
-                assert meta["source"] == "synthetic" and meta["path"] == key
+                assert "." not in key and key == f"synthetic-{meta['sha256'][:16]}"
+                assert meta["source"] == "synthetic" and meta["path"].startswith("scene-")
                 assert Image.open(io.BytesIO(sample["jpg"])).size == (40, 40)
                 assert assign_split(meta["sha256"], seed=0, test_fraction=0.2) == split
         total += manifest["splits"][split]["count"]
-        assert manifest["splits"][split]["count"] == sum(c for _, c in shards)
+        assert manifest["splits"][split]["count"] == sum(s.count for s in shards)
     assert total == 30
     assert (
         manifest["sources"]["synthetic"]["train"] + manifest["sources"]["synthetic"]["test"] == 30
     )
     assert 0 < manifest["splits"]["test"]["count"] < 15
-
-
-def test_written_bytes_are_read_back_identically(tmp_path):
-    samples = [
-        Sample(f"k{i}", bytes([i]) * 100, {"source": "x", "sha256": f"h{i}"}) for i in range(5)
-    ]
-    manifest = write_shards(samples, tmp_path, shard_size=2, test_fraction=0.0001, seed=0)
-    got = {}
-    for path, _ in shard_list(tmp_path, manifest, "train"):
-        got.update(read_tar(path))
-    assert {k: v["jpg"] for k, v in got.items()} == {s.key: s.jpeg for s in samples}
 
 
 def test_folder_source_skips_and_counts_bad_inputs(tmp_path):
@@ -92,7 +75,14 @@ def test_folder_source_skips_and_counts_bad_inputs(tmp_path):
     (src / "truncated.jpg").write_bytes(good.getvalue()[:200])
     manifest = build_shards(tmp_path / "out", folders=[("photos", src)], size=32, shard_size=4)
     reasons = {s["path"].rsplit("/", 1)[1]: s["reason"] for s in manifest["skipped"]}
-    assert reasons.keys() == {"notes.txt", "empty.jpg", "truncated.jpg", "gray.png"}
+    kinds = {s["path"].rsplit("/", 1)[1]: s["kind"] for s in manifest["skipped"]}
+    assert kinds == {
+        "notes.txt": "not_image",
+        "empty.jpg": "empty",
+        "truncated.jpg": "corrupt",
+        "gray.png": "grayscale",
+    }
+    assert manifest["skipped_by_kind"] == {k: 1 for k in kinds.values()}
     assert reasons["notes.txt"] == "not an image"
     assert reasons["empty.jpg"] == "empty file"
     assert "grayscale" in reasons["gray.png"]
@@ -110,8 +100,8 @@ def test_split_is_stable_when_a_source_is_added(tmp_path):
     def splits(manifest, out):
         where = {}
         for split in ("train", "test"):
-            for path, _ in shard_list(out, manifest, split):
-                for sample in read_tar(path).values():
+            for shard in shard_list(out, manifest, split):
+                for sample in read_tar(shard.url).values():
                     where[json.loads(sample["json"])["sha256"]] = split
         return where
 
@@ -146,12 +136,12 @@ def test_unusable_shard_folders_name_the_key(tmp_path, state):
     if state != "missing":
         folder.mkdir()
     if state == "incomplete":
-        (folder / "train-000000.tar").write_bytes(b"")
+        (folder / "train-synthetic-000000.tar").write_bytes(b"")
     if state == "lost_shard":
         build_shards(folder, synthetic=10, synthetic_size=32, size=32)
-        (folder / "train-000000.tar").unlink()
+        (folder / "train-synthetic-000000.tar").unlink()
     with pytest.raises(UserError, match="^data.shards: ") as err:
-        read_manifest(folder)
+        shard_list(folder, read_manifest(folder), "train")
     assert {
         "missing": "does not exist",
         "empty": "is empty",
@@ -213,6 +203,7 @@ def test_ensure_shards_builds_only_into_a_missing_or_empty_folder(tmp_path):
         UserError, match="holds shards not built from data.synthetic; set data.synthetic=null"
     ):
         ensure_shards(tmp_path / "mine", synthetic_cfg())
-    assert ensure_shards(tmp_path / "mine", None)["sources"] == {"photos": {"train": 1, "test": 0}}
+    sources = ensure_shards(tmp_path / "mine", None)["sources"]
+    assert sources["photos"]["train"] == 1 and sources["photos"]["test"] == 0
     with pytest.raises(UserError, match="^data.shards: .* is a file, not a folder"):
         ensure_shards(photos / "1.jpg", None)

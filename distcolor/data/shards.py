@@ -1,74 +1,62 @@
-"""Writing WebDataset shards: stable train/test split, exact-duplicate removal, manifest.
+"""Writing WebDataset shards: parallel, resumable, atomic; stable split, dedupe, manifest.
 
-Layout written to `out/`: `train-000000.tar ...`, `test-000000.tar ...` and, last,
-`manifest.json`. A folder without a manifest is incomplete (the loader refuses it),
-so an interrupted build never passes for a finished one. A build is written to a hidden
-sibling folder and moved into `out/` only once complete, so the previous shards survive
-a failed or interrupted rebuild.
+Layout written to `out/`: `train-<source>-000000.tar ...`, `test-<source>-000000.tar ...`
+(each shard holds one source, so the loader can weight sources) and, last,
+`manifest.json`. A folder without a manifest is incomplete (the loader refuses it).
+
+A build works in a hidden sibling folder, `.<out>.partial/`:
+- each shard is written as `NAME.tmp`, renamed to `NAME.tar` when complete, and then
+  gets a `NAME.json` record (its plan digest, counts, skipped inputs): a shard is
+  finished only when its record exists and names the same plan;
+- a re-run with the same arguments keeps every finished shard and writes the rest, so
+  a killed build resumes where it stopped (webdataset's ShardWriter would write
+  straight to the final name, leaving a half tar that looks finished);
+- only when every shard is done are they moved into `out/` with the manifest, so a
+  failed or interrupted rebuild (`--overwrite`) never loses the previous dataset.
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import os
 import shutil
+import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
-from multiprocessing import Pool
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import webdataset as wds
+from rich.console import Console
+from rich.progress import track
 
 from distcolor import __version__
 from distcolor.config import SyntheticConfig
-from distcolor.data.sources import Sample, Skip, iter_folder, load_image_file, synthetic_samples
+from distcolor.data.catalog import MANIFEST, read_manifest
+from distcolor.data.layouts import find_images
+from distcolor.data.plan import (
+    SPLITS,
+    Input,
+    Plan,
+    ShardJob,
+    assign_split,
+    make_plan,
+    synthetic_inputs,
+)
+from distcolor.data.sources import (
+    DEFAULT_MIN_COLORFULNESS,
+    Sample,
+    Skip,
+    encode_jpeg,
+    load_image_file,
+)
+from distcolor.data.workers import process_context
 from distcolor.errors import UserError
 
-MANIFEST = "manifest.json"
-SPLITS = ("train", "test")
-FORMAT_VERSION = 1
+__all__ = ["MANIFEST", "assign_split", "build_shards", "ensure_shards", "few_shards_warning"]
 
-
-def assign_split(digest: str, *, seed: int, test_fraction: float) -> str:
-    """'train' or 'test' from the content hash alone, so adding inputs never moves old ones."""
-    h = hashlib.sha256(f"{seed}:{digest}".encode()).digest()
-    return "test" if int.from_bytes(h[:8], "big") / 2**64 < test_fraction else "train"
-
-
-class _SplitWriter:
-    """Rolls one split's samples into numbered tar shards of `shard_size` samples."""
-
-    def __init__(self, out: Path, split: str, shard_size: int) -> None:
-        self.out, self.split, self.shard_size = out, split, shard_size
-        self.shards: list[dict] = []
-        self._tar: wds.TarWriter | None = None
-
-    def write(self, sample: Sample) -> None:
-        if self._tar is None:
-            name = f"{self.split}-{len(self.shards):06d}.tar"
-            # mtime fixed: the same inputs give byte-identical shards.
-            self._tar = wds.TarWriter(str(self.out / name), encoder=False, mtime=0.0)
-            self.shards.append({"file": name, "count": 0})
-        record = {
-            "__key__": sample.key,
-            "jpg": sample.jpeg,
-            "json": json.dumps(sample.meta, sort_keys=True).encode(),
-        }
-        self._tar.write(record)
-        self.shards[-1]["count"] += 1
-        if self.shards[-1]["count"] == self.shard_size:
-            self._finish_shard()
-
-    def _finish_shard(self) -> None:
-        if self._tar is not None:
-            self._tar.close()
-            self._tar = None
-
-    def close(self) -> dict:
-        self._finish_shard()
-        return {"count": sum(s["count"] for s in self.shards), "shards": self.shards}
+FORMAT_VERSION = 2
+Log = Callable[[str], None]
 
 
 def _check_out(out: Path, overwrite: bool) -> None:
@@ -76,6 +64,195 @@ def _check_out(out: Path, overwrite: bool) -> None:
         raise UserError(f"{out} is a file, not a folder")
     if (out / MANIFEST).exists() and not overwrite:
         raise UserError(f"{out} already holds shards (manifest.json); pass --overwrite to replace")
+
+
+def _progress(items: Iterable, total: int, what: str) -> Iterable:
+    """A rich progress bar on a terminal; plain iteration in log files."""
+    return track(items, description=what, total=total, disable=not Console().is_terminal)
+
+
+def _map(fn: Callable, items: list, workers: int, *, ordered: bool) -> Iterator:
+    """`fn` over `items` on `workers` processes (in this process when 1)."""
+    if workers <= 1 or len(items) <= 1:
+        yield from map(fn, items)
+        return
+    with process_context().Pool(min(workers, len(items))) as pool:
+        chunk = max(1, min(64, len(items) // (workers * 8)))
+        mapper = pool.imap if ordered else pool.imap_unordered
+        yield from mapper(fn, items, chunksize=chunk)
+
+
+# -- scanning: which inputs exist, and their content hashes -------------------------------
+
+
+def _hash_file(job: tuple[str, str, str]) -> Input | Skip:
+    source, root, rel = job
+    path = Path(root) / rel
+    try:
+        raw = path.read_bytes()
+    except OSError as err:
+        return Skip(str(path), f"unreadable file: {err.strerror or err}", "unreadable")
+    if not raw:
+        return Skip(str(path), "empty file", "empty")
+    return Input(source, rel, hashlib.sha256(raw).hexdigest(), root=root)
+
+
+def _scan(
+    folders: list[tuple[str, Path]], *, out: Path, workers: int, log: Log
+) -> tuple[list[Input], list[Skip], list[str]]:
+    """Every input file of every source, hashed; (inputs, unreadable files, layout warnings)."""
+    jobs, warnings = [], []
+    for name, root in folders:
+        paths, warning = find_images(name, root, exclude=out)
+        if warning:
+            warnings.append(warning)
+            log(f"warning: {warning}")
+        jobs += [(name, str(root), p.relative_to(root).as_posix()) for p in paths]
+    inputs, skipped = [], []
+    hashed = _map(_hash_file, jobs, workers, ordered=True)  # source order decides duplicates
+    for result in _progress(hashed, len(jobs), "hashing inputs"):
+        (skipped if isinstance(result, Skip) else inputs).append(result)
+    return inputs, skipped, warnings
+
+
+# -- writing one shard ---------------------------------------------------------------------
+
+
+def _load(item: Input, settings: dict) -> Sample | Skip:
+    if item.root is None:  # a synthetic scene
+        from distcolor.data.synthetic import scene_image
+
+        size, seed = settings["synthetic_size"], settings["synthetic_seed"]
+        image = scene_image(item.index, size=size, seed=seed)
+        meta = {
+            "source": item.source,
+            "path": item.ref,
+            "original_size": list(image.size),
+            "sha256": item.digest,
+        }
+        return Sample(
+            f"{item.source}-{item.digest[:16]}",
+            encode_jpeg(image, size=None, quality=settings["quality"]),
+            meta,
+        )
+    return load_image_file(
+        Path(item.root) / item.ref,
+        root=Path(item.root),
+        source=item.source,
+        size=settings["size"],
+        quality=settings["quality"],
+        min_colorfulness=settings["min_colorfulness"],
+    )
+
+
+def _write_shard(task: tuple[ShardJob, str]) -> dict:
+    """Write one shard atomically into `staging`; returns (and saves) its record."""
+    job, staging = task
+    staging = Path(staging)
+    tmp, final = staging / f"{job.name}.tmp", staging / f"{job.name}.tar"
+    count, skipped, colorfulness = 0, [], []
+    with open(tmp, "wb") as stream:
+        # mtime fixed: the same inputs give byte-identical shards.
+        tar = wds.TarWriter(stream, encoder=False, mtime=0.0)
+        for item in job.inputs:
+            rec = _load(item, job.settings)
+            if isinstance(rec, Skip):
+                skipped.append({"path": rec.path, "reason": rec.reason, "kind": rec.kind})
+                continue
+            # Keys hold no dots: webdataset splits a member name at its first dot.
+            tar.write(
+                {
+                    "__key__": rec.key,
+                    "jpg": rec.jpeg,
+                    "json": json.dumps(rec.meta, sort_keys=True).encode(),
+                }
+            )
+            count += 1
+            if "colorfulness" in rec.meta:
+                colorfulness.append(rec.meta["colorfulness"])
+        tar.close()
+        stream.flush()
+        os.fsync(stream.fileno())
+    os.replace(tmp, final)
+    record = {
+        "plan": job.digest,
+        "file": final.name,
+        "split": job.split,
+        "source": job.source,
+        "count": count,
+        "skipped": skipped,
+        "colorfulness": colorfulness,
+    }
+    _write_json(staging / f"{job.name}.json", record)  # last: marks the shard finished
+    return record
+
+
+def _write_json(path: Path, data: dict, **dump_args) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, **dump_args))
+    os.replace(tmp, path)
+
+
+def _finished(staging: Path, jobs: list[ShardJob]) -> dict[str, dict]:
+    """Records of the shards an earlier run finished with the same plan; clears the rest."""
+    keep: dict[str, dict] = {}
+    for job in jobs:
+        try:
+            record = json.loads((staging / f"{job.name}.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if record.get("plan") == job.digest and (staging / f"{job.name}.tar").is_file():
+            keep[job.name] = record
+    wanted = {f"{name}.{ext}" for name in keep for ext in ("tar", "json")}
+    for path in staging.iterdir():
+        if path.name not in wanted:
+            path.unlink()  # half-written, or planned differently: rewrite
+    return keep
+
+
+# -- the manifest and publishing ---------------------------------------------------------
+
+
+def _percentiles(values: list[float]) -> dict | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]  # noqa: E731
+    return {"p5": pick(0.05), "p50": pick(0.5), "p95": pick(0.95)}
+
+
+def _manifest(
+    plan: Plan, records: dict[str, dict], scan_skips: list[Skip], *, header: dict
+) -> dict:
+    splits = {s: {"count": 0, "shards": []} for s in SPLITS}
+    sources: dict[str, dict] = {}
+    skipped = [{"path": s.path, "reason": s.reason, "kind": s.kind} for s in scan_skips]
+    colour: dict[str, list[float]] = {}
+    for job in plan.jobs:
+        record = records[job.name]
+        skipped += record["skipped"]
+        entry = sources.setdefault(job.source, {"train": 0, "test": 0, "skipped": 0})
+        entry[job.split] += record["count"]
+        entry["skipped"] += len(record["skipped"])
+        colour.setdefault(job.source, []).extend(record["colorfulness"])
+        if record["count"]:  # a shard whose every input was skipped is left out
+            splits[job.split]["count"] += record["count"]
+            splits[job.split]["shards"].append(
+                {"file": record["file"], "source": job.source, "count": record["count"]}
+            )
+    for name, values in colour.items():
+        if values:
+            sources[name]["colorfulness"] = _percentiles(values)
+    return {
+        **header,
+        "splits": splits,
+        "sources": dict(sorted(sources.items())),
+        "duplicates": len(plan.duplicates),
+        "duplicate_inputs": plan.duplicates,
+        "skipped_count": len(skipped),
+        "skipped_by_kind": dict(sorted(Counter(s["kind"] for s in skipped).items())),
+        "skipped": skipped,
+    }
 
 
 def _publish(staging: Path, out: Path, manifest: dict) -> None:
@@ -86,85 +263,11 @@ def _publish(staging: Path, out: Path, manifest: dict) -> None:
     for split in SPLITS:
         for old in out.glob(f"{split}-*.tar"):
             old.unlink()
-    for new in staging.glob("*.tar"):
-        os.replace(new, out / new.name)
-    tmp = out / f".{MANIFEST}.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2))
-    os.replace(tmp, out / MANIFEST)
+    for split in SPLITS:
+        for shard in manifest["splits"][split]["shards"]:
+            os.replace(staging / shard["file"], out / shard["file"])
+    _write_json(out / MANIFEST, manifest, indent=2)
     shutil.rmtree(staging, ignore_errors=True)
-
-
-def write_shards(
-    records: Iterable[Sample | Skip],
-    out: Path,
-    *,
-    shard_size: int,
-    test_fraction: float,
-    seed: int,
-    overwrite: bool = False,
-    settings: dict | None = None,
-) -> dict:
-    """Write every Sample to its split's shards, list every Skip; returns the manifest.
-
-    The build goes to a hidden sibling folder and replaces `out`'s shards only once it is
-    complete, so a failed or interrupted build never loses the previous dataset."""
-    out = Path(out)
-    _check_out(out, overwrite)
-    staging = out.parent / f".{out.name}.partial"
-    shutil.rmtree(staging, ignore_errors=True)  # left by an interrupted build
-    staging.mkdir(parents=True)
-    writers = {s: _SplitWriter(staging, s, shard_size) for s in SPLITS}
-    seen: set[str] = set()
-    per_source: dict[str, Counter] = {}
-    skipped: list[dict] = []
-    duplicates = 0
-    try:
-        for rec in records:
-            if isinstance(rec, Skip):
-                skipped.append({"path": rec.path, "reason": rec.reason})
-                continue
-            digest = rec.meta["sha256"]
-            if digest in seen:
-                duplicates += 1
-                continue
-            seen.add(digest)
-            split = assign_split(digest, seed=seed, test_fraction=test_fraction)
-            writers[split].write(rec)
-            per_source.setdefault(rec.meta["source"], Counter())[split] += 1
-        splits = {s: w.close() for s, w in writers.items()}
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    manifest = {
-        "format": FORMAT_VERSION,
-        "created_by": f"distcolor {__version__}",
-        "seed": seed,
-        "test_fraction": test_fraction,
-        "settings": settings or {},
-        "splits": splits,
-        "sources": {k: {s: c[s] for s in SPLITS} for k, c in sorted(per_source.items())},
-        "duplicates": duplicates,
-        "skipped_count": len(skipped),
-        "skipped": skipped,
-    }
-    if sum(split["count"] for split in splits.values()) == 0:
-        shutil.rmtree(staging, ignore_errors=True)  # nothing usable: keep what `out` had
-        return manifest
-    _publish(staging, out, manifest)
-    return manifest
-
-
-def _folder_records(
-    name: str, root: Path, *, out: Path, size: int, quality: int, workers: int
-) -> Iterator[Sample | Skip]:
-    load = functools.partial(load_image_file, root=root, source=name, size=size, quality=quality)
-    paths = list(iter_folder(root, exclude=out))
-    if workers <= 1:
-        yield from map(load, paths)
-        return
-    with Pool(workers) as pool:
-        # imap keeps input order, so the shards are the same whatever the worker count.
-        yield from pool.imap(load, paths, chunksize=16)
 
 
 def build_shards(
@@ -179,86 +282,108 @@ def build_shards(
     shard_size: int = 1000,
     test_fraction: float = 0.2,
     seed: int = 0,
+    min_colorfulness: float = DEFAULT_MIN_COLORFULNESS,
     workers: int = 1,
     overwrite: bool = False,
+    log: Log = print,
 ) -> dict:
-    """Read every source, write shards + manifest to `out`; UserError if nothing was usable."""
+    """Read every source, write shards + manifest to `out`; UserError if nothing was usable.
+
+    Resumable: shards finished by an interrupted run with the same arguments are kept."""
+    out = Path(out)
+    folders = [(name, Path(root)) for name, root in folders]
     if not folders and synthetic <= 0:
         raise UserError("nothing to shard: give --source NAME=DIR and/or --synthetic N")
+    names = Counter(name for name, _ in folders) + Counter(["synthetic"] * (synthetic > 0))
     for name, root in folders:
         if not name.isidentifier():
             raise UserError(f"--source {name!r}: names are letters, digits and _ only")
-        if not Path(root).is_dir():
+        if names[name] > 1:
+            raise UserError(f"--source {name}: the name is used twice")
+        if not root.is_dir():
             raise UserError(f"--source {name}={root}: folder does not exist")
-    _check_out(Path(out), overwrite)  # before any work: a long build must not fail at the end
+    _check_out(out, overwrite)  # before any work: a long build must not fail at the end
 
-    def records() -> Iterator[Sample | Skip]:
-        for name, root in folders:
-            yield from _folder_records(
-                name, Path(root), out=Path(out), size=size, quality=quality, workers=workers
-            )
-        if synthetic > 0:
-            yield from synthetic_samples(
-                synthetic, size=synthetic_size, seed=synthetic_seed, quality=quality
-            )
+    started = time.perf_counter()
+    inputs, scan_skips, warnings = _scan(folders, out=out, workers=workers, log=log)
+    if synthetic > 0:
+        inputs += synthetic_inputs(synthetic, size=synthetic_size, seed=synthetic_seed)
+    settings = {
+        "format": FORMAT_VERSION,
+        "size": size,
+        "quality": quality,
+        "min_colorfulness": min_colorfulness,
+        "synthetic_size": synthetic_size,
+        "synthetic_seed": synthetic_seed,
+    }
+    plan = make_plan(
+        inputs, shard_size=shard_size, test_fraction=test_fraction, seed=seed, settings=settings
+    )
 
-    settings = {"size": size, "quality": quality, "shard_size": shard_size}
+    staging = out.parent / f".{out.name}.partial"
+    staging.mkdir(parents=True, exist_ok=True)
+    records = _finished(staging, plan.jobs)
+    todo = [job for job in plan.jobs if job.name not in records]
+    if records:
+        log(f"resuming: {len(records)} of {len(plan.jobs)} shards already written")
+    written = _map(_write_shard, [(job, str(staging)) for job in todo], workers, ordered=False)
+    for record in _progress(written, len(todo), "writing shards"):
+        records[record["file"].removesuffix(".tar")] = record
+
+    header = {
+        "format": FORMAT_VERSION,
+        "created_by": f"distcolor {__version__}",
+        "seed": seed,
+        "test_fraction": test_fraction,
+        "settings": {
+            "size": size,
+            "quality": quality,
+            "shard_size": shard_size,
+            "min_colorfulness": min_colorfulness,
+        },
+        "roots": {name: str(root) for name, root in folders},
+        "warnings": warnings,
+    }
     if synthetic > 0 and not folders:
         # Lets the trainer tell whether a folder holds the synthetic set its config asks for.
-        settings["synthetic"] = {
+        header["settings"]["synthetic"] = {
             "count": synthetic,
             "size": synthetic_size,
             "seed": synthetic_seed,
             "shard_size": shard_size,
             "test_fraction": test_fraction,
         }
-    manifest = write_shards(
-        records(),
-        Path(out),
-        shard_size=shard_size,
-        test_fraction=test_fraction,
-        seed=seed,
-        overwrite=overwrite,
-        settings=settings,
-    )
+    manifest = _manifest(plan, records, scan_skips, header=header)
     total = sum(manifest["splits"][s]["count"] for s in SPLITS)
     if total == 0:
+        shutil.rmtree(staging, ignore_errors=True)  # nothing usable: keep what `out` had
         first = manifest["skipped"][0] if manifest["skipped"] else None
         example = f"; e.g. {first['path']}: {first['reason']}" if first else ""
         raise UserError(
             f"no usable images found ({manifest['skipped_count']} inputs skipped{example})"
         )
+    _publish(staging, out, manifest)
+    seconds = time.perf_counter() - started
+    manifest_inputs = len(inputs) + len(scan_skips)
+    log(
+        f"sharded {manifest_inputs} inputs in {seconds:.1f} s "
+        f"({manifest_inputs / max(seconds, 1e-9):.0f} inputs/s, {workers} worker(s))"
+    )
     return manifest
 
 
-def read_manifest(folder: Path, *, key: str = "data.shards") -> dict:
-    """The manifest of a finished shard folder, or a UserError naming `key` and what is wrong."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise UserError(f"{key}: folder {folder} does not exist")
-    path = folder / MANIFEST
-    if not path.is_file():
-        what = "is empty" if not any(folder.iterdir()) else "has no manifest.json (incomplete?)"
-        raise UserError(f"{key}: {folder} {what}; build shards with scripts/make_shards.py")
-    try:
-        manifest = json.loads(path.read_text())
-        splits = manifest["splits"]
-        for split in SPLITS:
-            for shard in splits[split]["shards"]:
-                if not (folder / shard["file"]).is_file():
-                    raise UserError(
-                        f"{key}: {folder / shard['file']} listed in manifest is missing"
-                    )
-    except (ValueError, KeyError, TypeError):
-        raise UserError(f"{key}: {path} is not a distcolor manifest") from None
-    return manifest
+def few_shards_warning(manifest: dict, readers: int) -> str | None:
+    """A warning when the train split has fewer shards than the readers a run will use.
 
-
-def shard_list(folder: Path, manifest: dict, split: str) -> list[tuple[str, int]]:
-    """[(path, sample count)] of one split's shards, in manifest order."""
-    return [
-        (str(Path(folder) / s["file"]), s["count"]) for s in manifest["splits"][split]["shards"]
-    ]
+    In epoch mode each (rank, loader worker) reads whole shards of its own."""
+    shards = len(manifest["splits"]["train"]["shards"])
+    if shards >= readers:
+        return None
+    return (
+        f"the train split has {shards} shard(s), fewer than the {readers} readers planned "
+        "(--readers: ranks x loader workers); each reader needs a shard of its own in epoch "
+        "mode: lower --shard-size"
+    )
 
 
 def ensure_shards(folder: Path, synthetic: SyntheticConfig | None, *, log=print) -> dict:

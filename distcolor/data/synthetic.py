@@ -228,6 +228,11 @@ def iter_scenes(count: int, *, size: int = 96, seed: int = 0) -> Iterator[tuple[
 
     def scenes() -> Iterator[tuple[str, Image.Image]]:
         for i in range(count):
-            yield f"synthetic-{i:06d}", render_scene(_hash_seed(base, i), size)
+            yield f"synthetic-{i:06d}", scene_image(i, size=size, seed=base)
 
     return scenes()
+
+
+def scene_image(index: int, *, size: int = 96, seed: int = 0) -> Image.Image:
+    """Scene `index` of the dataset with base `seed` (the same image `iter_scenes` yields)."""
+    return render_scene(_hash_seed(seed, index), size)

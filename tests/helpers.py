@@ -1,0 +1,46 @@
+"""Test helpers: hand-made shard sets (crafted, corrupt or multi-source samples)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import webdataset as wds
+
+from distcolor.data.catalog import FORMAT, MANIFEST, Shard, read_manifest, shard_list
+from distcolor.data.sources import Sample, encode_jpeg
+from distcolor.data.synthetic import scene_image
+
+
+def scene_samples(count: int, *, size: int = 40, seed: int = 0, source: str = "synthetic"):
+    """`count` synthetic scenes as Samples (keys `<source>-<n>`)."""
+    out = []
+    for i in range(count):
+        jpeg = encode_jpeg(scene_image(i, size=size, seed=seed), size=None, quality=90)
+        digest = hashlib.sha256(jpeg).hexdigest()
+        out.append(Sample(f"{source}-{i:04d}", jpeg, {"source": source, "sha256": digest}))
+    return out
+
+
+def write_sample_shards(
+    folder: Path, by_source: dict[str, list[Sample]], *, shard_size: int, split: str = "train"
+) -> list[Shard]:
+    """Write each source's samples, in order, into `split` shards + a manifest; returns them."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    splits = {"train": {"count": 0, "shards": []}, "test": {"count": 0, "shards": []}}
+    for source, samples in by_source.items():
+        for n, start in enumerate(range(0, len(samples), shard_size)):
+            name = f"{split}-{source}-{n:06d}.tar"
+            chunk = samples[start : start + shard_size]
+            with wds.TarWriter(str(folder / name), encoder=False) as tar:
+                for s in chunk:
+                    tar.write(
+                        {"__key__": s.key, "jpg": s.jpeg, "json": json.dumps(s.meta).encode()}
+                    )
+            splits[split]["shards"].append({"file": name, "source": source, "count": len(chunk)})
+            splits[split]["count"] += len(chunk)
+    manifest = {"format": FORMAT, "splits": splits, "sources": {}, "settings": {}}
+    (folder / MANIFEST).write_text(json.dumps(manifest))
+    return shard_list(folder, read_manifest(folder), split)
