@@ -25,7 +25,12 @@ from distcolor.checkpoint import list_checkpoints, restore_latest, save_checkpoi
 from distcolor.color import lab_inputs
 from distcolor.config import Config, ModelConfig, config_to_yaml
 from distcolor.data.catalog import read_manifest, shard_list
-from distcolor.data.loader import LoaderState, build_eval_loader, build_train_loader
+from distcolor.data.loader import (
+    LoaderState,
+    build_eval_loader,
+    build_train_loader,
+    recycle_batches,
+)
 from distcolor.data.shards import ensure_shards
 from distcolor.distributed import (
     broadcast_buffers,
@@ -289,7 +294,7 @@ def train(cfg: Config, *, resume: bool = False) -> dict:
     with Tracker(
         run_dir, enabled=is_main, total_steps=tc.max_steps, start_step=start_step
     ) as tracker:
-        batches = iter(loader)
+        batches = recycle_batches(loader)  # each batch is converted on arrival
         t_last, step_last = time.perf_counter(), start_step
         for step in range(start_step + 1, tc.max_steps + 1):
             batch = next(batches)

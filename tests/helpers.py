@@ -24,16 +24,22 @@ def scene_samples(count: int, *, size: int = 40, seed: int = 0, source: str = "s
 
 
 def write_sample_shards(
-    folder: Path, by_source: dict[str, list[Sample]], *, shard_size: int, split: str = "train"
+    folder: Path,
+    by_source: dict[str, list[Sample]],
+    *,
+    shard_size: int | dict[str, int],
+    split: str = "train",
 ) -> list[Shard]:
-    """Write each source's samples, in order, into `split` shards + a manifest; returns them."""
+    """Write each source's samples, in order, into `split` shards (of `shard_size`, or
+    `shard_size[source]`) + a manifest; returns the shards."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     splits = {"train": {"count": 0, "shards": []}, "test": {"count": 0, "shards": []}}
     for source, samples in by_source.items():
-        for n, start in enumerate(range(0, len(samples), shard_size)):
+        size = shard_size[source] if isinstance(shard_size, dict) else shard_size
+        for n, start in enumerate(range(0, len(samples), size)):
             name = f"{split}-{source}-{n:06d}.tar"
-            chunk = samples[start : start + shard_size]
+            chunk = samples[start : start + size]
             with wds.TarWriter(str(folder / name), encoder=False) as tar:
                 for s in chunk:
                     tar.write(

@@ -7,7 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import tiny_overrides
+from tests.helpers import scene_samples, write_sample_shards
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -18,23 +21,46 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_process_gloo_run_trains_and_evaluates_across_ranks(tmp_path, tiny_shards):
-    args = tiny_overrides(tmp_path, tiny_shards, **{"train.max_steps": 3})
+def torchrun(nproc: int, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     cmd = [
         sys.executable,
         "-m",
         "torch.distributed.run",
         "--nproc_per_node",
-        "2",
+        str(nproc),
         "--master_addr",
         "127.0.0.1",
         "--master_port",
         str(free_port()),
-        "scripts/train.py",
         *args,
     ]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("nproc", [2, 3])
+def test_ranks_read_disjoint_data_and_none_hangs_on_uneven_shards(tmp_path, nproc):
+    # 7 shards of 5, 5, 5, 5, 5, 2 and 2 samples: ranks get different amounts per epoch.
+    samples = scene_samples(29, size=36)
+    by_source = {"a": samples[:25], "b": samples[25:]}
+    write_sample_shards(tmp_path / "s", by_source, shard_size={"a": 5, "b": 2})
+    for sampling in ("epochs", "resampled"):
+        out = tmp_path / f"out-{sampling}"
+        out.mkdir()
+        args = ["tests/dist_loader_check.py", str(tmp_path / "s"), str(out), "40", sampling]
+        proc = torchrun(nproc, *args)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        ranks = [json.loads((out / f"rank-{r}.json").read_text()) for r in range(nproc)]
+        assert all(r["total_steps"] == 40 * nproc for r in ranks)  # same steps on every rank
+        if sampling == "epochs":
+            # The first 2 steps (4 samples) lie inside each rank's first epoch: disjoint.
+            firsts = [{k for batch in r["keys"][:2] for k in batch} for r in ranks]
+            assert sum(map(len, firsts)) == len(set().union(*firsts)) == 4 * nproc
+
+
+def test_two_process_gloo_run_trains_and_evaluates_across_ranks(tmp_path, tiny_shards):
+    args = tiny_overrides(tmp_path, tiny_shards, **{"train.max_steps": 3})
+    proc = torchrun(2, "scripts/train.py", *args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = tmp_path / "runs" / "tiny"
     result = json.loads((run / "eval.json").read_text())

@@ -15,6 +15,7 @@ from PIL import Image
 from distcolor.color import lab_inputs
 from distcolor.data.catalog import read_manifest, shard_list
 from distcolor.data.loader import (
+    PREFETCH,
     EvalStream,
     LoaderState,
     TrainStream,
@@ -23,6 +24,7 @@ from distcolor.data.loader import (
     build_train_loader,
     check_train_split,
     decode,
+    recycle_batches,
     train_view,
 )
 from distcolor.data.sources import Sample
@@ -357,3 +359,23 @@ def test_impossible_splits_name_the_setting(tiny_shards, two_sources):
             sampling="resampled",
             source_weights={"faces": 1.0},
         )
+
+
+def test_recycled_buffers_are_reused_only_after_release(tiny_shards):
+    shards = train_shards(tiny_shards)
+    plain = [
+        {k: b[k].clone() for k in ("rgb", "gray")} | {"buffer": b["buffer"]}
+        for b in take(loader(shards, num_workers=2), 30)
+    ]
+    recycled = []
+    for batch in itertools.islice(recycle_batches(loader(shards, num_workers=2)), 30):
+        recycled.append(
+            {k: batch[k].clone() for k in ("rgb", "gray")} | {"buffer": batch["buffer"]}
+        )
+    for a, b in zip(plain, recycled, strict=True):
+        assert torch.equal(a["rgb"], b["rgb"]) and torch.equal(a["gray"], b["gray"])
+    # Kept batches are never overwritten: past the pool, each gets a buffer of its own.
+    assert [b["buffer"] for b in plain[-10:]] == [None] * 10
+    # Released ones are refilled: every batch came from the worker's small pool.
+    assert all(b["buffer"] is not None for b in recycled)
+    assert len({b["buffer"] for b in recycled}) <= PREFETCH + 2

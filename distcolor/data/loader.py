@@ -137,26 +137,25 @@ class BatchBuffers:
         self.shared = get_worker_info() is not None
         self.slots: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
 
-    def get(self, count: int, height: int, width: int) -> tuple[torch.Tensor, ...]:
-        """(rgb (count, H, W, 3), gray (count, 1, H, W), release flag or None), uint8."""
+    def get(self, count: int, height: int, width: int) -> tuple:
+        """(rgb (count, H, W, 3) uint8, gray (count, 1, H, W) uint8, release flag or None,
+        index of the reused buffer or None)."""
         if not self.shared:
-            return (
-                torch.empty((count, height, width, 3), dtype=torch.uint8),
-                torch.empty((count, 1, height, width), dtype=torch.uint8),
-                None,
-            )
-        for rgb, gray, release in self.slots:
+            rgb = torch.empty((count, height, width, 3), dtype=torch.uint8)
+            return rgb, torch.empty((count, 1, height, width), dtype=torch.uint8), None, None
+        for index, (rgb, gray, release) in enumerate(self.slots):
             if rgb.shape == (count, height, width, 3) and release.item() == 1:
                 release.zero_()
-                return rgb, gray, release
+                return rgb, gray, release, index
         slot = (
             torch.empty((count, height, width, 3), dtype=torch.uint8).share_memory_(),
             torch.empty((count, 1, height, width), dtype=torch.uint8).share_memory_(),
             torch.zeros(1, dtype=torch.int32).share_memory_(),
         )
-        if len(self.slots) < self.keep:
-            self.slots.append(slot)
-        return slot
+        if len(self.slots) >= self.keep:
+            return *slot, None
+        self.slots.append(slot)
+        return *slot, len(self.slots) - 1
 
 
 def recycle_batches(batches: Iterable[dict]) -> Iterator[dict]:
@@ -176,7 +175,7 @@ def make_batch(
     buffers: BatchBuffers | None = None,
 ) -> dict:
     """PIL crops -> {'gray': uint8 (B,1,H,W), 'rgb': uint8 (B,3,H,W), 'keys', 'sources',
-    'skipped', 'release'}. Lab conversion happens on the training device
+    'skipped', 'release', 'buffer'}. Lab conversion happens on the training device
     (`color.lab_inputs`): a batched GPU op there, and 4x less data through the worker
     queue than float32 here.
 
@@ -184,7 +183,7 @@ def make_batch(
     batch, instead of again by a channel permute. `skipped` counts the samples dropped as
     unreadable since the previous batch."""
     width, height = images[0].size
-    rgb, gray, release = (buffers or BatchBuffers(0)).get(len(images), height, width)
+    rgb, gray, release, buffer = (buffers or BatchBuffers(0)).get(len(images), height, width)
     rgb_array, gray_array = rgb.numpy(), gray.numpy()
     for i, image in enumerate(images):
         rgb_array[i] = image
@@ -197,6 +196,7 @@ def make_batch(
         "sources": sources,
         "skipped": skipped,
         "release": release,
+        "buffer": buffer,
     }
 
 
