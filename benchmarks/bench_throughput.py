@@ -19,8 +19,10 @@ from pathlib import Path
 import torch
 
 from distcolor.config import load_config
-from distcolor.data.loader import build_train_loader
-from distcolor.data.shards import ensure_shards, shard_list
+from distcolor.color import lab_inputs
+from distcolor.data.catalog import shard_list
+from distcolor.data.loader import build_train_loader, recycle_batches
+from distcolor.data.shards import ensure_shards
 from distcolor.distributed import build_accelerator
 from distcolor.optim import build_optimizers
 from distcolor.trainer import GANStep, build_models
@@ -43,7 +45,7 @@ def default_loader(shards, cfg, workers: int):
 
 
 def loader_rate(shards, cfg, workers: int, batches: int) -> float:
-    it = iter(default_loader(shards, cfg, workers))
+    it = recycle_batches(default_loader(shards, cfg, workers))
     next(it)  # worker start-up is not throughput
     start = time.perf_counter()
     for _ in itertools.islice(it, batches):
@@ -57,14 +59,13 @@ def train_rate(shards, cfg, steps: int) -> float:
     opt_g, opt_d = build_optimizers(g, d, cfg=cfg.train)
     g, d, opt_g, opt_d = accelerator.prepare(g, d, opt_g, opt_d)
     step = GANStep(accelerator, g, d, opt_g, opt_d, l1_weight=cfg.train.l1_weight)
-    it = iter(default_loader(shards, cfg, cfg.data.num_workers))
+    it = recycle_batches(default_loader(shards, cfg, cfg.data.num_workers))
+    device = accelerator.device
     for _ in range(3):  # warm-up
-        b = next(it)
-        step(b["L"], b["ab"])
+        step(*lab_inputs(next(it), device))
     start = time.perf_counter()
     for _ in range(steps):
-        b = next(it)
-        step(b["L"], b["ab"])
+        step(*lab_inputs(next(it), device))
     return steps * cfg.data.batch_size / (time.perf_counter() - start)
 
 

@@ -55,6 +55,7 @@ from distcolor.data.workers import process_context
 from distcolor.errors import UserError
 
 JITTER = 1.125  # train crops come from images resized to 1.125x the crop (pix2pix: 286 -> 256)
+SLACK = 1.15  # train crops of images up to 1.15x the jittered size skip the resize
 RESAMPLE_SHARDS = 4  # shards per resampled round: the shuffle buffer mixes across them
 MIX_BLOCK = 4096  # source draws generated per seeded block (resume jumps to a block)
 PREFETCH = 4  # batches each loader worker prepares ahead
@@ -99,10 +100,11 @@ def _resize_shorter(image: Image.Image, side: int) -> Image.Image:
 
 def train_view(image: Image.Image, size: int, rng: random.Random) -> Image.Image:
     """Random crop of `size` from the image with its shorter side at about JITTER * size,
-    flipped half the time. Images make_shards already stored at that size (286 px for
-    256 crops) are cropped as they are: nothing done once at packing is redone per step."""
+    flipped half the time. An image already near that size (make_shards stores 286 px for
+    256 crops; draft decoding lands within 2x) is cropped as it is, shorter side up to
+    SLACK x the target: a resize costs as much as decoding, and is what packing is for."""
     target = round(size * JITTER)
-    if not size <= min(image.size) <= target:
+    if not size <= min(image.size) <= round(target * SLACK):
         image = _resize_shorter(image, target)
     x = rng.randint(0, image.width - size)
     y = rng.randint(0, image.height - size)

@@ -413,7 +413,9 @@ def ensure_shards(folder: Path, synthetic: SyntheticConfig | None, *, log=print)
             shard_size=synthetic.shard_size,
             test_fraction=synthetic.test_fraction,
             seed=synthetic.seed,
+            workers=min(4, os.cpu_count() or 1),
             overwrite=True,
+            log=log,
         )
     manifest = read_manifest(folder)
     have = manifest.get("settings", {}).get("synthetic")
