@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from distcolor.config import load_config
 from distcolor.color import lab_inputs
+from distcolor.config import load_config
 from distcolor.data.catalog import shard_list
 from distcolor.data.loader import build_train_loader, recycle_batches
 from distcolor.data.shards import ensure_shards
