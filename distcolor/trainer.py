@@ -183,30 +183,41 @@ def _mix(accelerator: Accelerator, state: LoaderState, sources: list[str]) -> di
     return {s: counts[i].item() / total for i, s in enumerate(sources)}
 
 
+def data_order(cfg: Config, world: int) -> dict:
+    """Everything that fixes which sample each reader reads when: a resumed run continues
+    the saved positions only if all of it is unchanged."""
+    d = cfg.data
+    return {
+        "world_size": world,
+        "num_workers": d.num_workers,
+        "batch_size": d.batch_size,
+        "shuffle_buffer": d.shuffle_buffer,
+        "sampling": d.sampling,
+        "source_weights": d.source_weights,
+        "train_urls": d.train_urls,
+        "seed": cfg.run.seed,
+    }
+
+
 def _loader_resume(state: dict, *, rank: int, world: int, cfg: Config, log) -> LoaderState:
     """This rank's loader position from a checkpoint (every rank's is saved in it)."""
     saved = state.get("loader") or []
     positions = LoaderState(cfg.data.num_workers)
-    same_split = (
-        len(saved) == world
-        and state.get("num_workers") == cfg.data.num_workers
-        and state.get("batch_size") == cfg.data.batch_size
-    )
-    if same_split:
+    before, now = state.get("data_order", {}), data_order(cfg, world)
+    if before == now and len(saved) == world:
         positions.load_state_dict(saved[rank])
         return positions
-    # Another split of the data: continue with fresh epochs rather than repeat old ones.
-    log(
-        f"warning: the checkpoint was written with {state.get('world_size')} process(es), "
-        f"{state.get('num_workers')} loader worker(s) and batch size {state.get('batch_size')}; "
-        f"now {world}, {cfg.data.num_workers} and {cfg.data.batch_size}: data order will "
-        "differ from an uninterrupted run"
-    )
+    # Another split of the data: continue with fresh rounds rather than repeat old ones.
+    changed = ", ".join(f"{k} {before.get(k)} -> {v}" for k, v in now.items() if before.get(k) != v)
+    log(f"warning: data order changed since the checkpoint ({changed}); continuing with new epochs")
     for rank_state in saved:
         old = LoaderState(1)
         old.load_state_dict(rank_state)
         for tag, round_ in old.next_rounds().items():
             positions.first_round[tag] = max(positions.first_round.get(tag, 0), round_)
+        if rank == 0:  # totals so far carry over once (the logs sum them over ranks)
+            positions.skipped += old.skipped
+            positions.mix.update(old.mix)
     return positions
 
 
@@ -350,8 +361,7 @@ def train(cfg: Config, *, resume: bool = False) -> dict:
                             "config": cfg.model_dump(mode="json"),
                             "code_version": version,
                             "world_size": world,
-                            "num_workers": data.num_workers,
-                            "batch_size": data.batch_size,
+                            "data_order": data_order(cfg, world),
                             "scaler": (
                                 accelerator.scaler.state_dict() if accelerator.scaler else None
                             ),

@@ -156,7 +156,7 @@ def test_an_interrupted_build_resumes_keeping_finished_shards(tmp_path, monkeypa
     out = tmp_path / "out"
     with pytest.raises(KeyboardInterrupt):
         build_shards(out, **args)
-    staging = tmp_path / ".out.partial"
+    staging = out / ".partial"
     assert not (out / "manifest.json").exists()
     kept = {name: (staging / f"{name}.tar").stat().st_ino for name in written}
     # A half-written shard and a record of another plan are not taken as finished.

@@ -26,6 +26,7 @@ MEMBERS = [
     ("k0000.json", b'{"a": 1}'),
     (LONG, b"x" * 1000),
     ("sub/k0002.seg.png", b""),
+    ("caf\u00e9\nk0003.jpg", b"newline and accent"),  # pax: records cut by length
 ]
 
 
@@ -51,7 +52,7 @@ def test_samples_group_members_by_key_up_to_the_first_dot(tmp_path):
         ["__key__", "__url__", "seg.png"],
     ]
     assert samples[0]["jpg"] == MEMBERS[0][1] and samples[1]["__key__"] == LONG[:-4]
-    assert samples[3]["__url__"] == f"pipe:cat {path}" and len(samples) == 6
+    assert samples[4]["__url__"] == f"pipe:cat {path}" and len(samples) == 8
 
 
 @pytest.mark.parametrize("damage", ["truncated", "garbage", "cut_at_block"])

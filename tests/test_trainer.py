@@ -207,3 +207,24 @@ def test_unreadable_latest_checkpoint_falls_back_and_resume_stays_exact(
     assert rows == [1, 2, 3, 4, 5]  # step 5 was redone, not logged twice
     after = metrics(cfg.run_dir)
     assert abs(after[5]["loss/G/l1"] - before[5]["loss/G/l1"]) < 1e-6
+
+
+def test_resume_with_another_data_order_starts_new_epochs_and_keeps_the_totals(
+    tmp_path, tiny_shards, capsys
+):
+    common = {"train.eval_images": 0, "data.shuffle_buffer": 8}
+    cfg = load_config(None, tiny_overrides(tmp_path, tiny_shards, **common))
+    result = train(cfg)
+    assert result["source_mix"] == {"synthetic": 1.0}
+    assert metrics(cfg.run_dir)[3]["data/mix/synthetic"] == 1.0
+    state = load_checkpoint(latest_checkpoint(cfg.run_dir / "checkpoints"))
+    assert state["data_order"]["sampling"] == "epochs"
+    reset_accelerate()
+    capsys.readouterr()
+    more = {**common, "train.max_steps": 5, "data.sampling": "resampled"}
+    train(load_config(None, tiny_overrides(tmp_path, tiny_shards, **more)), resume=True)
+    out = capsys.readouterr().out
+    assert "warning: data order changed since the checkpoint (sampling epochs -> resampled)" in out
+    state = load_checkpoint(latest_checkpoint(cfg.run_dir / "checkpoints"))
+    assert sum(state["loader"][0]["mix"].values()) == 5 * 4  # images of all 5 steps, not 2
+    assert state["loader"][0]["first_round"]["*"] >= 1  # past every round read before

@@ -137,7 +137,7 @@ class BatchBuffers:
     def __init__(self, keep: int) -> None:
         self.keep = keep
         self.shared = get_worker_info() is not None
-        self.slots: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self.slots: list[tuple[torch.Tensor, torch.Tensor, BufferRelease]] = []
 
     def get(self, count: int, height: int, width: int) -> tuple:
         """(rgb (count, H, W, 3) uint8, gray (count, 1, H, W) uint8, release flag or None,
@@ -146,13 +146,13 @@ class BatchBuffers:
             rgb = torch.empty((count, height, width, 3), dtype=torch.uint8)
             return rgb, torch.empty((count, 1, height, width), dtype=torch.uint8), None, None
         for index, (rgb, gray, release) in enumerate(self.slots):
-            if rgb.shape == (count, height, width, 3) and release.item() == 1:
-                release.zero_()
+            if rgb.shape == (count, height, width, 3) and release.flag.item() == 1:
+                release.flag.zero_()
                 return rgb, gray, release, index
         slot = (
             torch.empty((count, height, width, 3), dtype=torch.uint8).share_memory_(),
             torch.empty((count, 1, height, width), dtype=torch.uint8).share_memory_(),
-            torch.zeros(1, dtype=torch.int32).share_memory_(),
+            BufferRelease(torch.zeros(1, dtype=torch.int32).share_memory_()),
         )
         if len(self.slots) >= self.keep:
             return *slot, None
@@ -160,13 +160,27 @@ class BatchBuffers:
         return *slot, len(self.slots) - 1
 
 
+class BufferRelease:
+    """Hands a batch's buffer back to the worker that filled it. Not a tensor, nor a
+    container of one, so the DataLoader's pin_memory step passes it through as it is
+    (a pinned *copy* of the flag would release nothing); its flag still travels through
+    the worker queue in shared memory."""
+
+    def __init__(self, flag: torch.Tensor) -> None:
+        self.flag = flag
+
+    def __call__(self) -> None:
+        self.flag.fill_(1)
+
+
 def recycle_batches(batches: Iterable[dict]) -> Iterator[dict]:
     """Yield `batches`, handing each one's buffers back to its worker when the next one is
-    drawn: a batch is valid until then (the trainer converts it on arrival)."""
+    drawn: a batch is valid until then (the trainer converts it on arrival). Only for a
+    consumer that keeps no batch; anything else iterates the loader itself."""
     for batch in batches:
         yield batch
         if batch.get("release") is not None:
-            batch["release"].fill_(1)
+            batch["release"]()
 
 
 def make_batch(
@@ -260,30 +274,52 @@ class _Rounds:
         self.tag, self.shards, self.s = tag, shards, stream
         self.worker, self.num_workers, self.counter = worker, num_workers, counter
         self.position = start
-        # Epochs: a reader with no decodable sample in a whole epoch will never find one.
-        # Resampled: a round draws a few shards at random; give up after many empty rounds.
-        self.give_up = 1 if stream.sampling == "epochs" else max(3, 3 * len(shards))
+        # Epochs: a reader with nothing decodable in 3 whole epochs (not one: a pipe: URL
+        # may fail for a moment) will not find any. Resampled: a round draws a few shards
+        # at random; give up after many empty rounds.
+        self.give_up = 3 if stream.sampling == "epochs" else max(3, 3 * len(shards))
 
-    def round_shards(self, round_: int) -> list[Shard]:
+    def round_shards(self, round_: int) -> tuple[list[Shard], int | None]:
+        """This reader's shards in `round_`, and how many raw samples it takes from them.
+
+        Epochs: the shuffled shards are dealt to the world x num_workers readers biggest
+        first, each to the reader holding the fewest samples so far, and every reader
+        takes as many samples as the smallest share. Equal shares keep readers in the
+        same epoch at the same step, so none re-reads a shard another is still reading;
+        what is left out (less than a shard per reader) differs from epoch to epoch."""
         s = self.s
-        if s.sampling == "epochs":
-            order = list(self.shards)
-            random.Random(f"{s.seed}:{self.tag}:{round_}").shuffle(order)
-            return order[s.rank :: s.world_size][self.worker :: self.num_workers]
-        rng = random.Random(f"{s.seed}:{self.tag}:{round_}:{s.rank}:{self.worker}")
-        return rng.choices(self.shards, weights=[sh.count for sh in self.shards], k=RESAMPLE_SHARDS)
+        if s.sampling == "resampled":
+            rng = random.Random(f"{s.seed}:{self.tag}:{round_}:{s.rank}:{self.worker}")
+            weights = [sh.count for sh in self.shards]
+            return rng.choices(self.shards, weights=weights, k=RESAMPLE_SHARDS), None
+        order = list(self.shards)
+        random.Random(f"{s.seed}:{self.tag}:{round_}").shuffle(order)
+        order.sort(key=lambda sh: -sh.count)  # stable: equal sizes keep the shuffled order
+        loads = [0] * (s.world_size * self.num_workers)
+        me, mine = s.rank * self.num_workers + self.worker, []
+        for shard in order:
+            reader = loads.index(min(loads))
+            loads[reader] += shard.count
+            if reader == me:
+                mine.append(shard)
+        random.Random(f"{s.seed}:{self.tag}:{round_}:{me}").shuffle(mine)
+        return mine, min(loads)
 
     def __iter__(self) -> Iterator[tuple[dict, Image.Image | None]]:
         s = self.s
         round_, read = self.position
         empty = 0
         while True:
+            shards, quota = self.round_shards(round_)
             rng = random.Random(f"{s.seed}:{self.tag}:{round_}:{s.rank}:{self.worker}:buffer")
-            raw = _samples([sh.url for sh in self.round_shards(round_)], self.counter)
+            raw = _samples([sh.url for sh in shards], self.counter)
             raw = wds.shuffle(s.shuffle_buffer, initial=s.shuffle_buffer, rng=rng)(raw)
+            raw = itertools.islice(raw, quota)
             from_start, good = read == 0, 0
+            errors = self.counter.count
             for _ in itertools.islice(raw, read):  # read before the resume point: not decoded
                 pass
+            self.counter.count = errors  # errors in there were counted before the stop
             for sample in raw:
                 read += 1
                 self.position = (round_, read)

@@ -4,7 +4,8 @@ Layout written to `out/`: `train-<source>-000000.tar ...`, `test-<source>-000000
 (each shard holds one source, so the loader can weight sources) and, last,
 `manifest.json`. A folder without a manifest is incomplete (the loader refuses it).
 
-A build works in a hidden sibling folder, `.<out>.partial/`:
+A build works in a hidden folder inside `out`, `.partial/` (same filesystem, so the final
+moves are renames):
 - each shard is written as `NAME.tmp`, renamed to `NAME.tar` when complete, and then
   gets a `NAME.json` record (its plan digest, counts, skipped inputs): a shard is
   finished only when its record exists and names the same plan;
@@ -12,7 +13,9 @@ A build works in a hidden sibling folder, `.<out>.partial/`:
   a killed build resumes where it stopped (webdataset's ShardWriter would write
   straight to the final name, leaving a half tar that looks finished);
 - only when every shard is done are they moved into `out/` with the manifest, so a
-  failed or interrupted rebuild (`--overwrite`) never loses the previous dataset.
+  rebuild (`--overwrite`) that fails or is killed while reading and writing (where
+  builds fail: bad inputs, a full disk, a kill) leaves the previous dataset as it was;
+  the swap at the end is a few renames.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
+import PIL
 import webdataset as wds
 from rich.console import Console
 from rich.progress import track
@@ -153,7 +157,7 @@ def _write_shard(task: tuple[ShardJob, str]) -> dict:
     count, skipped, colorfulness = 0, [], []
     with open(tmp, "wb") as stream:
         # mtime fixed: the same inputs give byte-identical shards.
-        tar = wds.TarWriter(stream, encoder=False, mtime=0.0)
+        tar = wds.TarWriter(stream, encoder=False, mtime=0)  # an int: a float adds pax headers
         for item in job.inputs:
             rec = _load(item, job.settings)
             if isinstance(rec, Skip):
@@ -257,16 +261,20 @@ def _manifest(
 
 def _publish(staging: Path, out: Path, manifest: dict) -> None:
     """Swap a finished build into `out`; the previous shards stay until this point."""
-    out.mkdir(parents=True, exist_ok=True)
-    # Manifest first: if we die half-way the folder reads as incomplete, not as stale-but-valid.
-    (out / MANIFEST).unlink(missing_ok=True)
-    for split in SPLITS:
-        for old in out.glob(f"{split}-*.tar"):
-            old.unlink()
-    for split in SPLITS:
-        for shard in manifest["splits"][split]["shards"]:
-            os.replace(staging / shard["file"], out / shard["file"])
-    _write_json(out / MANIFEST, manifest, indent=2)
+    new = {shard["file"] for split in SPLITS for shard in manifest["splits"][split]["shards"]}
+    try:
+        # Manifest first: if we die half-way the folder reads as incomplete, not as
+        # stale-but-valid. Then renames (same filesystem), then the old leftovers go.
+        (out / MANIFEST).unlink(missing_ok=True)
+        for name in sorted(new):
+            os.replace(staging / name, out / name)
+        for split in SPLITS:
+            for old in out.glob(f"{split}-*.tar"):
+                if old.name not in new:
+                    old.unlink()
+        _write_json(out / MANIFEST, manifest, indent=2)
+    except OSError as err:
+        raise UserError(f"{out}: could not move the finished shards in place ({err})") from None
     shutil.rmtree(staging, ignore_errors=True)
 
 
@@ -310,6 +318,8 @@ def build_shards(
         inputs += synthetic_inputs(synthetic, size=synthetic_size, seed=synthetic_seed)
     settings = {
         "format": FORMAT_VERSION,
+        # A shard made by other code may hold other bytes: rebuild rather than reuse it.
+        "code": f"distcolor {__version__}, Pillow {PIL.__version__}",
         "size": size,
         "quality": quality,
         "min_colorfulness": min_colorfulness,
@@ -320,8 +330,11 @@ def build_shards(
         inputs, shard_size=shard_size, test_fraction=test_fraction, seed=seed, settings=settings
     )
 
-    staging = out.parent / f".{out.name}.partial"
-    staging.mkdir(parents=True, exist_ok=True)
+    staging, existed = out / ".partial", out.exists()
+    try:
+        staging.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"{out}: cannot write there ({err.strerror or err})") from None
     records = _finished(staging, plan.jobs)
     todo = [job for job in plan.jobs if job.name not in records]
     if records:
@@ -357,6 +370,8 @@ def build_shards(
     total = sum(manifest["splits"][s]["count"] for s in SPLITS)
     if total == 0:
         shutil.rmtree(staging, ignore_errors=True)  # nothing usable: keep what `out` had
+        if not existed:
+            out.rmdir()
         first = manifest["skipped"][0] if manifest["skipped"] else None
         example = f"; e.g. {first['path']}: {first['reason']}" if first else ""
         raise UserError(

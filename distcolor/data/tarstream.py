@@ -38,6 +38,27 @@ def _read(stream: BinaryIO, size: int) -> bytes:
     return data
 
 
+def _text(raw: bytes) -> str:
+    # As tarfile: names that are not UTF-8 keep their bytes instead of failing the shard.
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def _pax_path(data: bytes) -> str | None:
+    """The `path` of pax records "LEN key=value\n", each LEN bytes long (values may hold
+    newlines, so records are cut by length, not by line)."""
+    path, at = None, 0
+    while at < len(data):
+        length, _, rest = data[at:].partition(b" ")
+        if not length.isdigit() or int(length) <= 0:
+            break
+        record = data[at + len(length) + 1 : at + int(length) - 1]  # without LEN, " ", "\n"
+        key, _, value = record.partition(b"=")
+        if key == b"path":
+            path = _text(value)
+        at += int(length)
+    return path
+
+
 def tar_members(stream: BinaryIO) -> Iterator[tuple[str, bytes]]:
     """(name, bytes) of each regular file in a tar stream, in order."""
     long_name = None
@@ -53,19 +74,17 @@ def tar_members(stream: BinaryIO) -> Iterator[tuple[str, bytes]]:
         data = _read(stream, size)
         _read(stream, -size % BLOCK)
         if kind == b"L":  # GNU long name of the next member
-            long_name = data.rstrip(b"\0").decode()
+            long_name = _text(data.rstrip(b"\0"))
             continue
-        if kind == b"x":  # pax extended header: "LEN path=NAME\n" records
-            for record in data.decode().splitlines():
-                _, _, field = record.partition(" ")
-                if field.startswith("path="):
-                    long_name = field[len("path=") :]
+        if kind == b"x":  # pax extended header of the next member
+            long_name = _pax_path(data) or long_name
             continue
-        if kind not in (b"0", b"\0"):
+        if kind not in (b"0", b"\0", b"7"):  # 7: contiguous file, a regular file too
             long_name = None  # directories, links, global headers: not samples
             continue
-        name = header[:100].split(b"\0", 1)[0].decode()
-        prefix = header[345:500].split(b"\0", 1)[0].decode() if header[257:262] == b"ustar" else ""
+        name = _text(header[:100].split(b"\0", 1)[0])
+        ustar = header[257:265] == b"ustar\x0000"  # not GNU's "ustar  ": no prefix field there
+        prefix = _text(header[345:500].split(b"\0", 1)[0]) if ustar else ""
         name = long_name or (f"{prefix}/{name}" if prefix else name)
         long_name = None
         yield name, data
