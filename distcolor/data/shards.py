@@ -53,6 +53,7 @@ from distcolor.data.sources import (
     Skip,
     encode_jpeg,
     load_image_file,
+    read_input,
 )
 from distcolor.data.workers import process_context
 from distcolor.errors import UserError
@@ -91,13 +92,9 @@ def _map(fn: Callable, items: list, workers: int, *, ordered: bool) -> Iterator:
 
 def _hash_file(job: tuple[str, str, str]) -> Input | Skip:
     source, root, rel = job
-    path = Path(root) / rel
-    try:
-        raw = path.read_bytes()
-    except OSError as err:
-        return Skip(str(path), f"unreadable file: {err.strerror or err}", "unreadable")
-    if not raw:
-        return Skip(str(path), "empty file", "empty")
+    raw = read_input(Path(root) / rel)
+    if isinstance(raw, Skip):
+        return raw
     return Input(source, rel, hashlib.sha256(raw).hexdigest(), root=root)
 
 

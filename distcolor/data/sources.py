@@ -221,6 +221,15 @@ def _decode(raw: bytes) -> tuple[Image.Image, list[int], str | None]:
     return rgb, original_size, icc
 
 
+def read_input(path: Path) -> bytes | Skip:
+    """A file's bytes, or a Skip saying why there are none."""
+    try:
+        raw = path.read_bytes()
+    except OSError as err:
+        return Skip(str(path), f"unreadable file: {err.strerror or err}", "unreadable")
+    return raw if raw else Skip(str(path), "empty file", "empty")
+
+
 def load_image_file(
     path: Path,
     *,
@@ -233,12 +242,9 @@ def load_image_file(
     """Read one file into a Sample, or say why it was skipped (`min_colorfulness` 0: keep
     every colour image)."""
     rel = path.relative_to(root).as_posix()
-    try:
-        raw = path.read_bytes()
-    except OSError as err:
-        return Skip(str(path), f"unreadable file: {err.strerror or err}", "unreadable")
-    if not raw:
-        return Skip(str(path), "empty file", "empty")
+    raw = read_input(path)
+    if isinstance(raw, Skip):
+        return raw
     try:
         rgb, original_size, icc = _decode(raw)
     except _Rejected as rejected:
