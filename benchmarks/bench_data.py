@@ -16,7 +16,6 @@ Prints one JSON object as its last line.
 from __future__ import annotations
 
 import argparse
-import inspect
 import itertools
 import json
 import platform
@@ -34,6 +33,9 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from distcolor.data.batching import recycle_batches
+from distcolor.data.catalog import read_manifest, shard_list
+from distcolor.data.loader import build_train_loader
 from distcolor.data.shards import build_shards
 from distcolor.data.synthetic import render_scene
 
@@ -71,9 +73,6 @@ def make_inputs(folder: Path, count: int) -> list[int]:
 
 def make_shards(out: Path, folder: Path, count: int) -> float:
     """Packs `folder` into shards in one process; returns images/s."""
-    extra = {}
-    if "min_colorfulness" in inspect.signature(build_shards).parameters:
-        extra["min_colorfulness"] = 0  # grain-covered scenes must all be kept
     start = time.perf_counter()
     build_shards(
         out,
@@ -83,7 +82,8 @@ def make_shards(out: Path, folder: Path, count: int) -> float:
         shard_size=max(BATCH, count // 4),  # a few shards, as a real set has
         test_fraction=0.0,
         workers=1,
-        **extra,
+        min_colorfulness=0,  # every generated scene is kept
+        log=lambda _: None,  # the JSON stays the last line, alone
     )
     return count / (time.perf_counter() - start)
 
@@ -110,14 +110,7 @@ def _decodes(jpegs: list[bytes]) -> Iterator[int]:
 
 
 def _our_loader(shard_dir: Path, *, image_size: int, batch_size: int, workers: int) -> Iterator:
-    """Every use of distcolor's loader API is here: it is being reworked, adapt only this."""
-    from distcolor.data.loader import build_train_loader, recycle_batches
-
-    try:
-        from distcolor.data.catalog import read_manifest, shard_list
-    except ImportError:  # before the catalog module
-        from distcolor.data.shards import read_manifest, shard_list
-
+    """distcolor's training loader, consumed as the trainer consumes it."""
     shards = shard_list(shard_dir, read_manifest(shard_dir), "train")
     loader = build_train_loader(
         shards,
@@ -133,8 +126,7 @@ def _our_loader(shard_dir: Path, *, image_size: int, batch_size: int, workers: i
 
 
 def _batch_len(batch: dict) -> int:
-    """Images in one of our loader's batches."""
-    return next(batch[k].shape[0] for k in ("gray", "L") if k in batch)
+    return batch["gray"].shape[0]
 
 
 def _our_batches(shard_dir: Path, crop: int = CROP) -> Iterator[int]:

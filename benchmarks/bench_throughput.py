@@ -20,8 +20,9 @@ import torch
 
 from distcolor.color import lab_inputs
 from distcolor.config import load_config
+from distcolor.data.batching import recycle_batches
 from distcolor.data.catalog import shard_list
-from distcolor.data.loader import build_train_loader, recycle_batches
+from distcolor.data.loader import build_train_loader
 from distcolor.data.shards import ensure_shards
 from distcolor.distributed import build_accelerator
 from distcolor.optim import build_optimizers

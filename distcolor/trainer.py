@@ -24,13 +24,9 @@ from distcolor import __version__
 from distcolor.checkpoint import list_checkpoints, restore_latest, save_checkpoint
 from distcolor.color import lab_inputs
 from distcolor.config import Config, ModelConfig, config_to_yaml
+from distcolor.data.batching import recycle_batches
 from distcolor.data.catalog import read_manifest, shard_list
-from distcolor.data.loader import (
-    LoaderState,
-    build_eval_loader,
-    build_train_loader,
-    recycle_batches,
-)
+from distcolor.data.loader import LoaderState, build_eval_loader, build_train_loader
 from distcolor.data.shards import ensure_shards
 from distcolor.distributed import (
     broadcast_buffers,

@@ -9,8 +9,9 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from distcolor.data.batching import recycle_batches
 from distcolor.data.catalog import read_manifest, shard_list
-from distcolor.data.loader import build_train_loader, recycle_batches
+from distcolor.data.loader import build_train_loader
 
 
 def main() -> None:

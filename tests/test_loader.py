@@ -13,21 +13,19 @@ import torch
 from PIL import Image
 
 from distcolor.color import lab_inputs
+from distcolor.data.batching import decode, recycle_batches, train_view
 from distcolor.data.catalog import read_manifest, shard_list
 from distcolor.data.loader import (
     PREFETCH,
     EvalStream,
     LoaderState,
     TrainStream,
-    _Reader,
     build_eval_loader,
     build_train_loader,
     check_train_split,
-    decode,
-    recycle_batches,
-    train_view,
 )
 from distcolor.data.sources import Sample
+from distcolor.data.streams import Reader
 from distcolor.errors import UserError
 from tests.helpers import scene_samples, write_sample_shards
 
@@ -82,7 +80,7 @@ def test_batches_are_uint8_crops_whose_gray_is_pils(tiny_shards):
 def epoch_keys(shards, *, rank, world, worker, workers, epochs=3):
     """Keys one reader takes in each of its first epochs, read straight from its stream."""
     s = stream(shards, rank=rank, world_size=world)
-    reader = _Reader(s, worker, workers, {})
+    reader = Reader(s, worker, workers, {})
     keys = [[] for _ in range(epochs)]
     for sample, _, _ in reader:
         epoch = reader.streams["*"].position[0] if reader.streams["*"].position[1] else None

@@ -31,37 +31,46 @@ pickled member (.pyd, .pth, ...) is refused from that member on, never unpickled
 Undecodable images, truncated tars and refused shards are skipped, counted in the
 batch's `skipped` and warned about; a reader that finds nothing decodable in a whole
 round (epochs) or many rounds (resampled) reports it and the trainer stops with one line.
+
+Modules: `streams` (rounds, source draws, raw samples), `batching` (decoding, views,
+batch buffers), `tarstream` (reading tars); this one holds the datasets, the resumable
+`LoaderState` and the builders.
 """
 
 from __future__ import annotations
 
-import io
 import itertools
-import math
 import random
-import warnings
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 
-import numpy as np
 import torch
-import webdataset as wds
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from distcolor.data.batching import (
+    JITTER,
+    BatchBuffers,
+    decode,
+    eval_view,
+    make_batch,
+    recycle_batches,
+    train_view,
+)
 from distcolor.data.catalog import Shard
-from distcolor.data.tarstream import tar_samples
+from distcolor.data.streams import ALL, NothingDecodable, Reader, SkipCounter, raw_samples
 from distcolor.data.workers import process_context
 from distcolor.errors import UserError
 
-JITTER = 1.125  # train crops come from images resized to 1.125x the crop (pix2pix: 286 -> 256)
-SLACK = 1.15  # train crops of images up to 1.15x the jittered size skip the resize
-RESAMPLE_SHARDS = 4  # shards per resampled round: the shuffle buffer mixes across them
-MIX_BLOCK = 4096  # source draws generated per seeded block (resume jumps to a block)
+__all__ = [
+    "LoaderState",
+    "build_eval_loader",
+    "build_train_loader",
+    "check_train_split",
+    "recycle_batches",
+]
+
 PREFETCH = 4  # batches each loader worker prepares ahead
-ALL = "*"  # the stream tag when sources are not weighted
-# Member extensions webdataset's default decoders would unpickle (or torch.load unsafely).
-PICKLED = {"pyd", "pickle", "pkl", "pth", "pt", "ckpt", "npz"}
 
 
 def _worker() -> tuple[int, int]:
@@ -69,326 +78,9 @@ def _worker() -> tuple[int, int]:
     return (info.id, info.num_workers) if info is not None else (0, 1)
 
 
-# -- decoding and views ------------------------------------------------------------------
-
-
-def decode(data: bytes | None, min_side: int = 0) -> Image.Image | None:
-    """RGB image from JPEG bytes, or None if unreadable.
-
-    With `min_side`, a JPEG much larger than needed is decoded at 1/2, 1/4 or 1/8 scale
-    (libjpeg's DCT scaling, PIL's draft mode) keeping the shorter side >= min_side."""
-    if not data:
-        return None
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            if min_side and image.format == "JPEG" and min(image.size) >= 2 * min_side:
-                scale = min_side / min(image.size)
-                image.draft(
-                    "RGB", (math.ceil(image.width * scale), math.ceil(image.height * scale))
-                )
-            image.load()
-            return image if image.mode == "RGB" else image.convert("RGB")
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
-        return None
-
-
-def _resize_shorter(image: Image.Image, side: int) -> Image.Image:
-    scale = side / min(image.size)
-    size = (max(side, round(image.width * scale)), max(side, round(image.height * scale)))
-    return image.resize(size, Image.Resampling.BICUBIC)
-
-
-def train_view(image: Image.Image, size: int, rng: random.Random) -> Image.Image:
-    """Random crop of `size` from the image with its shorter side at about JITTER * size,
-    flipped half the time. An image already near that size (make_shards stores 286 px for
-    256 crops; draft decoding lands within 2x) is cropped as it is, shorter side up to
-    SLACK x the target: a resize costs as much as decoding, and is what packing is for."""
-    target = round(size * JITTER)
-    if not size <= min(image.size) <= round(target * SLACK):
-        image = _resize_shorter(image, target)
-    x = rng.randint(0, image.width - size)
-    y = rng.randint(0, image.height - size)
-    image = image.crop((x, y, x + size, y + size))
-    if rng.random() < 0.5:
-        image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    return image
-
-
-def eval_view(image: Image.Image, size: int) -> Image.Image:
-    """Deterministic centre crop of `size` from the image resized to `size` on its shorter side."""
-    if min(image.size) != size:
-        image = _resize_shorter(image, size)
-    x, y = (image.width - size) // 2, (image.height - size) // 2
-    return image.crop((x, y, x + size, y + size))
-
-
-class BatchBuffers:
-    """Where a loader worker puts its batches' pixels: shared memory, reused when it can.
-
-    Sending a batch to the training process needs its tensors in shared memory, and a
-    fresh 4 MB segment per batch (16 crops at 256 px) costs about 3 ms in allocation and
-    page faults, a fifth of the time decoding those crops takes. So each batch comes
-    with a one-element shared `release` flag; a consumer that is done with a batch sets
-    it (`recycle_batches` does, when the next batch is drawn) and the worker fills that
-    buffer again. Buffers never released are never overwritten: past `keep` of them the
-    worker just allocates new ones. In the main process (no workers) plain memory is used.
-    """
-
-    def __init__(self, keep: int) -> None:
-        self.keep = keep
-        self.shared = get_worker_info() is not None
-        self.slots: list[tuple[torch.Tensor, torch.Tensor, BufferRelease]] = []
-
-    def get(self, count: int, height: int, width: int) -> tuple:
-        """(rgb (count, H, W, 3) uint8, gray (count, 1, H, W) uint8, release flag or None,
-        index of the reused buffer or None)."""
-        if not self.shared:
-            rgb = torch.empty((count, height, width, 3), dtype=torch.uint8)
-            return rgb, torch.empty((count, 1, height, width), dtype=torch.uint8), None, None
-        for index, (rgb, gray, release) in enumerate(self.slots):
-            if rgb.shape == (count, height, width, 3) and release.flag.item() == 1:
-                release.flag.zero_()
-                return rgb, gray, release, index
-        slot = (
-            torch.empty((count, height, width, 3), dtype=torch.uint8).share_memory_(),
-            torch.empty((count, 1, height, width), dtype=torch.uint8).share_memory_(),
-            BufferRelease(torch.zeros(1, dtype=torch.int32).share_memory_()),
-        )
-        if len(self.slots) >= self.keep:
-            return *slot, None
-        self.slots.append(slot)
-        return *slot, len(self.slots) - 1
-
-
-class BufferRelease:
-    """Hands a batch's buffer back to the worker that filled it. Not a tensor, nor a
-    container of one, so the DataLoader's pin_memory step passes it through as it is
-    (a pinned *copy* of the flag would release nothing); its flag still travels through
-    the worker queue in shared memory."""
-
-    def __init__(self, flag: torch.Tensor) -> None:
-        self.flag = flag
-
-    def __call__(self) -> None:
-        self.flag.fill_(1)
-
-
-def recycle_batches(batches: Iterable[dict]) -> Iterator[dict]:
-    """Yield `batches`, handing each one's buffers back to its worker when the next one is
-    drawn: a batch is valid until then (the trainer converts it on arrival). Only for a
-    consumer that keeps no batch; anything else iterates the loader itself."""
-    for batch in batches:
-        yield batch
-        if batch.get("release") is not None:
-            batch["release"]()
-
-
-def make_batch(
-    images: list[Image.Image],
-    keys: list[str],
-    sources: list[str],
-    skipped: int,
-    buffers: BatchBuffers | None = None,
-) -> dict:
-    """PIL crops -> {'gray': uint8 (B,1,H,W), 'rgb': uint8 (B,3,H,W), 'keys', 'sources',
-    'skipped', 'release', 'buffer'}. Lab conversion happens on the training device
-    (`color.lab_inputs`): a batched GPU op there, and 4x less data through the worker
-    queue than float32 here.
-
-    `rgb` is a channels-last view (NHWC in memory): each crop is copied once, into the
-    batch, instead of again by a channel permute. `skipped` counts the samples dropped as
-    unreadable since the previous batch."""
-    width, height = images[0].size
-    rgb, gray, release, buffer = (buffers or BatchBuffers(0)).get(len(images), height, width)
-    rgb_array, gray_array = rgb.numpy(), gray.numpy()
-    for i, image in enumerate(images):
-        rgb_array[i] = image
-        # The model's input is PIL's grayscale: what a black-and-white photo of the scene holds.
-        gray_array[i, 0] = image.convert("L")
-    return {
-        "gray": gray,
-        "rgb": rgb.permute(0, 3, 1, 2),
-        "keys": keys,
-        "sources": sources,
-        "skipped": skipped,
-        "release": release,
-        "buffer": buffer,
-    }
-
-
-# -- raw samples -------------------------------------------------------------------------
-
-
-class _SkipCounter:
-    """Error handler that warns, counts and carries on."""
-
-    def __init__(self) -> None:
-        self.count = 0
-
-    def __call__(self, err: Exception) -> bool:
-        self.count += 1
-        warnings.warn(f"skipping unreadable shard data: {err!r}", stacklevel=2)
-        return True
-
-
-def _samples(urls: list[str], counter: _SkipCounter) -> Iterator[dict]:
-    """Raw samples (member bytes, nothing decoded); shards with pickled members refused."""
-    refused: set[str] = set()
-    for sample in tar_samples(urls, counter):
-        url = sample.get("__url__")
-        if url in refused:
-            continue
-        pickled = [k for k in sample if not k.startswith("__") and k.rsplit(".", 1)[-1] in PICKLED]
-        if pickled:
-            refused.add(url)
-            counter(
-                ValueError(
-                    f"refusing {url}: it carries pickled member {sample['__key__']}.{pickled[0]} "
-                    "(shard data is never unpickled); the rest of this shard is skipped"
-                )
-            )
-            continue
-        yield sample
-
-
-class _NothingDecodable(Exception):
-    pass
-
-
-class _Rounds:
-    """One reader's endless stream of (sample, decoded image or None) over `shards`.
-
-    `position` is (round, raw samples read in it) after the last sample handed out."""
-
-    def __init__(
-        self,
-        tag: str,
-        shards: list[Shard],
-        *,
-        stream: TrainStream,
-        worker: int,
-        num_workers: int,
-        counter: _SkipCounter,
-        start: tuple[int, int],
-    ) -> None:
-        self.tag, self.shards, self.s = tag, shards, stream
-        self.worker, self.num_workers, self.counter = worker, num_workers, counter
-        self.position = start
-        # Epochs: a reader with nothing decodable in 3 whole epochs (not one: a pipe: URL
-        # may fail for a moment) will not find any. Resampled: a round draws a few shards
-        # at random; give up after many empty rounds.
-        self.give_up = 3 if stream.sampling == "epochs" else max(3, 3 * len(shards))
-
-    def round_shards(self, round_: int) -> tuple[list[Shard], int | None]:
-        """This reader's shards in `round_`, and how many raw samples it takes from them.
-
-        Epochs: the shuffled shards are dealt to the world x num_workers readers biggest
-        first, each to the reader holding the fewest samples so far, and every reader
-        takes as many samples as the smallest share. Equal shares keep readers in the
-        same epoch at the same step, so none re-reads a shard another is still reading;
-        what is left out (less than a shard per reader) differs from epoch to epoch."""
-        s = self.s
-        if s.sampling == "resampled":
-            rng = random.Random(f"{s.seed}:{self.tag}:{round_}:{s.rank}:{self.worker}")
-            weights = [sh.count for sh in self.shards]
-            return rng.choices(self.shards, weights=weights, k=RESAMPLE_SHARDS), None
-        order = list(self.shards)
-        random.Random(f"{s.seed}:{self.tag}:{round_}").shuffle(order)
-        order.sort(key=lambda sh: -sh.count)  # stable: equal sizes keep the shuffled order
-        loads = [0] * (s.world_size * self.num_workers)
-        me, mine = s.rank * self.num_workers + self.worker, []
-        for shard in order:
-            reader = loads.index(min(loads))
-            loads[reader] += shard.count
-            if reader == me:
-                mine.append(shard)
-        random.Random(f"{s.seed}:{self.tag}:{round_}:{me}").shuffle(mine)
-        return mine, min(loads)
-
-    def __iter__(self) -> Iterator[tuple[dict, Image.Image | None]]:
-        s = self.s
-        round_, read = self.position
-        empty = 0
-        while True:
-            shards, quota = self.round_shards(round_)
-            rng = random.Random(f"{s.seed}:{self.tag}:{round_}:{s.rank}:{self.worker}:buffer")
-            raw = _samples([sh.url for sh in shards], self.counter)
-            raw = wds.shuffle(s.shuffle_buffer, initial=s.shuffle_buffer, rng=rng)(raw)
-            raw = itertools.islice(raw, quota)
-            from_start, good = read == 0, 0
-            errors = self.counter.count
-            for _ in itertools.islice(raw, read):  # read before the resume point: not decoded
-                pass
-            self.counter.count = errors  # errors in there were counted before the stop
-            for sample in raw:
-                read += 1
-                self.position = (round_, read)
-                image = decode(sample.get("jpg"), s.min_side)
-                good += image is not None
-                yield sample, image
-            empty = empty + 1 if (good == 0 and from_start) else 0
-            if empty >= self.give_up:
-                raise _NothingDecodable(
-                    f"data.shards: loader worker {self.worker} of rank {s.rank} found no "
-                    f"decodable image in {empty} whole round(s) of {s.sampling} sampling"
-                )
-            round_, read = round_ + 1, 0
-            self.position = (round_, 0)
-
-
-class _Reader:
-    """One (rank, logical worker): its streams and, with source weights, the seeded draws
-    that pick which stream each next sample comes from."""
-
-    def __init__(self, stream: TrainStream, worker: int, num_workers: int, position: dict) -> None:
-        self.counter = _SkipCounter()
-        self.seed, self.rank, self.worker = stream.seed, stream.rank, worker
-        self.pulls = int(position.get("pulls", 0))
-        saved = position.get("streams", {})
-        self.streams = {
-            tag: _Rounds(
-                tag,
-                shards,
-                stream=stream,
-                worker=worker,
-                num_workers=num_workers,
-                counter=self.counter,
-                start=tuple(saved.get(tag, (stream.first_round.get(tag, 0), 0))),
-            )
-            for tag, shards in stream.groups().items()
-        }
-        tags = list(self.streams)
-        weights = np.array([stream.weights.get(t, 1.0) for t in tags], dtype=np.float64)
-        self.tags, self.cumulative = tags, np.cumsum(weights / weights.sum())
-
-    def position(self) -> dict:
-        return {
-            "pulls": self.pulls,
-            "streams": {t: list(r.position) for t, r in self.streams.items()},
-        }
-
-    def _draws(self) -> Iterator[str]:
-        if len(self.tags) == 1:
-            yield from itertools.repeat(self.tags[0])
-        block, offset = divmod(self.pulls, MIX_BLOCK)
-        while True:
-            rng = np.random.default_rng([self.seed, self.rank, self.worker, block])
-            picks = np.searchsorted(self.cumulative, rng.random(MIX_BLOCK), side="right")
-            for pick in picks[offset:]:
-                yield self.tags[min(int(pick), len(self.tags) - 1)]
-            block, offset = block + 1, 0
-
-    def __iter__(self) -> Iterator[tuple[dict, Image.Image | None, str]]:
-        iterators = {t: iter(r) for t, r in self.streams.items()}
-        for tag in self._draws():
-            sample, image = next(iterators[tag])
-            self.pulls += 1
-            yield sample, image, tag
-
-
 def _batches(
     items: Iterator[tuple[dict, Image.Image | None, str]],
-    counter: _SkipCounter,
+    counter: SkipCounter,
     view: Callable[[Image.Image, dict], Image.Image],
     batch_size: int,
     *,
@@ -532,7 +224,7 @@ class TrainStream(IterableDataset):
             state.load_state_dict(self.state)
         self.first_round = state.first_round
         logical = (worker + state.batches) % num_workers
-        reader = _Reader(self, logical, num_workers, state.position(logical))
+        reader = Reader(self, logical, num_workers, state.position(logical))
 
         def view(image: Image.Image, sample: dict) -> Image.Image:
             rng = random.Random(f"{self.seed}:{sample['__key__']}:{reader.pulls}")
@@ -551,7 +243,7 @@ class TrainStream(IterableDataset):
             ):
                 batch.update(worker=logical, position=reader.position())
                 yield batch
-        except _NothingDecodable as err:
+        except NothingDecodable as err:
             yield {"fatal": str(err)}
 
     def _source(self, sample: dict) -> str:
@@ -582,8 +274,8 @@ class EvalStream(IterableDataset):
         worker, num_workers = _worker()
         slots = self.world_size * num_workers
         slot = self.rank * num_workers + worker
-        counter = _SkipCounter()
-        samples = itertools.islice(_samples([s.url for s in self.shards], counter), self.limit)
+        counter = SkipCounter()
+        samples = itertools.islice(raw_samples([s.url for s in self.shards], counter), self.limit)
         source = {s.url: s.source for s in self.shards}
         mine = (
             (sample, decode(sample.get("jpg"), self.image_size), "")
