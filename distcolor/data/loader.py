@@ -9,8 +9,10 @@ error handler re-raises; each choice is made here, explicitly.
 A reader is one (rank, logical worker). It reads in *rounds*:
 
 - `data.sampling=epochs`: round e is epoch e. The shard list is shuffled with seed
-  (seed, e); rank r takes every world-th shard, worker w every num_workers-th of
-  those, so readers are disjoint and each training sample is read once per epoch.
+  (seed, e) and dealt to the world x num_workers readers, biggest shards first, each
+  to the reader with the fewest samples so far; every reader then takes the smallest
+  share. Readers are disjoint, stay in step (equal shares), and each training sample
+  is read at most once per epoch (less than a shard per reader is left out).
 - `data.sampling=resampled`: round k draws a few shards with replacement (weighted by
   sample count, seeded by (seed, k, rank, worker)); the stream never ends and needs
   no shard per reader. With `data.source_weights`, each source is its own stream and
