@@ -40,6 +40,7 @@ from distcolor.data.shards import build_shards
 from distcolor.data.synthetic import render_scene
 
 CROP, JITTERED, BATCH, WORKERS = 256, 286, 16, 1
+ROUNDS = 5  # measurement windows per stream, taken in turns
 SMALL_CROP = 112  # jittered to 126 px: a 286-px JPEG decodes at 1/2 scale (143 px)
 WIDTH, HEIGHT = 640, 480
 TARGETS = {"loader_vs_decode": 0.8, "loader_vs_baseline": 2.0}
@@ -166,20 +167,27 @@ def _baseline_batches(folder: Path) -> Iterator[int]:
             yield gray.shape[0]
 
 
-def rate(
-    counts: Generator[int, None, None], *, warmup: int, seconds: float, min_images: int
-) -> float:
-    """Images/s over at least `seconds` and `min_images`, after `warmup` items (start-up)."""
-    for _ in itertools.islice(counts, warmup):
-        pass
-    images, start = 0, time.perf_counter()
-    for n in counts:
-        images += n
-        if images >= min_images and time.perf_counter() - start >= seconds:
-            break
-    seconds = time.perf_counter() - start
-    counts.close()  # its loader workers exit before the next measurement starts
-    return images / seconds
+def rates(
+    streams: dict[str, Generator[int, None, None]], *, rounds: int, seconds: float
+) -> dict[str, float]:
+    """Images/s of each stream, measured in turns: `rounds` windows of `seconds` each,
+    so a busy moment on a shared machine hits every stream alike; the median window
+    counts. Each window first drops a few items: a paused loader's workers have filled
+    their queue, and those batches were not made in the window."""
+    windows: dict[str, list[float]] = {name: [] for name in streams}
+    for _ in range(rounds):
+        for name, counts in streams.items():
+            for _ in itertools.islice(counts, 2 * BATCH if name == "decode" else 8):
+                pass
+            images, start = 0, time.perf_counter()
+            for n in counts:
+                images += n
+                if images >= 4 * BATCH and time.perf_counter() - start >= seconds:
+                    break
+            windows[name].append(images / (time.perf_counter() - start))
+    for counts in streams.values():
+        counts.close()  # loader workers exit
+    return {name: float(np.median(w)) for name, w in windows.items()}
 
 
 # -- report --------------------------------------------------------------------------------
@@ -199,11 +207,10 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--quick", action="store_true", help="under a minute")
     p.add_argument("--images", type=int, help="inputs to build (default 2000, quick 256)")
-    p.add_argument("--seconds", type=float, help="per measurement (default 15, quick 3)")
+    p.add_argument("--seconds", type=float, help="per stream, over 5 windows (default 15, quick 3)")
     a = p.parse_args()
     count = a.images or (256 if a.quick else 2000)
     seconds = a.seconds or (3.0 if a.quick else 15.0)
-    box = {"seconds": seconds, "min_images": 4 * BATCH}
     with tempfile.TemporaryDirectory(prefix="bench_data_") as tmp:
         folder, shard_dir = Path(tmp, "photos"), Path(tmp, "shards")
         sizes_kb = np.array(make_inputs(folder, count)) / 1024
@@ -211,11 +218,19 @@ def main() -> None:
             print(f"warning: inputs average {sizes_kb.mean():.0f} KB", file=sys.stderr)
         make_ips = make_shards(shard_dir, folder, count)
         jpegs = stored_jpegs(shard_dir)
-        decode = rate(_decodes(jpegs), warmup=BATCH, **box)
-        loader = rate(_our_batches(shard_dir), warmup=2, **box)
-        # A 112-px run on the same 286-px shards: JPEG draft mode decodes at half scale.
-        loader_small = rate(_our_batches(shard_dir, SMALL_CROP), warmup=2, **box)
-        baseline = rate(_baseline_batches(folder), warmup=2, **box)
+        measured = rates(
+            {
+                "decode": _decodes(jpegs),
+                "loader": _our_batches(shard_dir),
+                # 112 px on the same 286-px shards: JPEG draft mode decodes at half scale.
+                "loader_small": _our_batches(shard_dir, SMALL_CROP),
+                "baseline": _baseline_batches(folder),
+            },
+            rounds=ROUNDS,
+            seconds=seconds / ROUNDS,
+        )
+    decode, loader, baseline = measured["decode"], measured["loader"], measured["baseline"]
+    loader_small = measured["loader_small"]
     ratios = {"loader_vs_decode": loader / decode, "loader_vs_baseline": loader / baseline}
     result = {
         "benchmark": "data",
