@@ -1,6 +1,7 @@
 import io
 import itertools
 import pickle
+import random
 import shutil
 import tarfile
 import warnings
@@ -337,7 +338,7 @@ def test_big_jpegs_are_draft_decoded_small_ones_fully():
 def test_images_stored_at_the_jitter_size_are_cropped_without_resizing():
     rng = np.random.default_rng(0)
     stored = Image.fromarray(rng.integers(0, 255, (40, 36, 3), dtype=np.uint8))  # 36 = 32 x 1.125
-    crop = train_view(stored, 32, __import__("random").Random(3))
+    crop = train_view(stored, 32, random.Random(3))
     pixels = np.asarray(stored)
     windows = [pixels[y : y + 32, x : x + 32] for y in range(40 - 31) for x in range(36 - 31)]
     got = np.asarray(crop)

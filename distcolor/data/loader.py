@@ -60,7 +60,14 @@ from distcolor.data.batching import (
     train_view,
 )
 from distcolor.data.catalog import Shard
-from distcolor.data.streams import ALL, NothingDecodable, Reader, SkipCounter, raw_samples
+from distcolor.data.streams import (
+    ALL,
+    NothingDecodable,
+    Reader,
+    SkipCounter,
+    deal_shards,
+    raw_samples,
+)
 from distcolor.data.workers import process_context
 from distcolor.errors import UserError
 
@@ -87,23 +94,23 @@ def _batches(
     batch_size: int,
     *,
     keep_partial: bool,
-    source_of: Callable[[dict, str], str],
     buffers: BatchBuffers | None = None,
 ) -> Iterator[dict]:
-    """Crop (`view`) and batch decoded samples; undecodable ones are counted and warned
-    about, and each batch's `skipped` says how many were met since the previous batch."""
+    """Crop (`view`) and batch (sample, decoded image or None, source) items; undecodable
+    ones are counted and warned about, and each batch's `skipped` says how many were met
+    since the previous batch."""
     images: list[Image.Image] = []
     keys: list[str] = []
     sources: list[str] = []
     reported = counter.count  # errors met before this stream (e.g. while skipping) are old
-    for sample, image, tag in items:
+    for sample, image, source in items:
         if image is None:
             key, url = sample.get("__key__"), sample.get("__url__")
             counter(ValueError(f"undecodable image in sample {key!r} of {url}"))
             continue
         images.append(view(image, sample))
         keys.append(sample["__key__"])
-        sources.append(source_of(sample, tag))
+        sources.append(source)
         if len(images) == batch_size:
             yield make_batch(images, keys, sources, counter.count - reported, buffers)
             reported, images, keys, sources = counter.count, [], [], []
@@ -207,7 +214,6 @@ class TrainStream(IterableDataset):
         # Draft-decode only what is far larger than the crop's jittered size.
         self.min_side = round(image_size * JITTER)
         self.first_round: dict[str, int] = {}
-        self.source_by_url = {s.url: s.source for s in shards}
 
     def groups(self) -> dict[str, list[Shard]]:
         """Shards per stream: one per weighted source, else one over everything."""
@@ -239,7 +245,6 @@ class TrainStream(IterableDataset):
                 view,
                 self.batch_size,
                 keep_partial=False,
-                source_of=lambda sample, tag: tag if tag != ALL else self._source(sample),
                 # The DataLoader holds up to PREFETCH batches per worker, the trainer one more.
                 buffers=BatchBuffers(keep=PREFETCH + 2),
             ):
@@ -247,9 +252,6 @@ class TrainStream(IterableDataset):
                 yield batch
         except NothingDecodable as err:
             yield {"fatal": str(err)}
-
-    def _source(self, sample: dict) -> str:
-        return self.source_by_url.get(sample.get("__url__"), "?")
 
 
 class EvalStream(IterableDataset):
@@ -280,7 +282,7 @@ class EvalStream(IterableDataset):
         samples = itertools.islice(raw_samples([s.url for s in self.shards], counter), self.limit)
         source = {s.url: s.source for s in self.shards}
         mine = (
-            (sample, decode(sample.get("jpg"), self.image_size), "")
+            (sample, decode(sample.get("jpg"), self.image_size), source[sample["__url__"]])
             for i, sample in enumerate(samples)
             if i % slots == slot
         )
@@ -290,7 +292,6 @@ class EvalStream(IterableDataset):
             lambda image, _: eval_view(image, self.image_size),
             self.batch_size,
             keep_partial=True,
-            source_of=lambda sample, _: source.get(sample.get("__url__"), "?"),
         )
 
 
@@ -326,13 +327,11 @@ def check_train_split(
             f"{max(num_workers, 1)} worker(s) in epoch mode; lower data.num_workers, write "
             "smaller shards, or use data.sampling=resampled"
         )
-    # Worst case: a reader gets the fewest shards, and the smallest ones.
-    fewest = len(shards) // readers
-    smallest = sum(sorted(s.count for s in shards)[:fewest])
-    if smallest < batch_size:
+    _, share = deal_shards(shards, readers)  # what each reader takes per epoch
+    if share < batch_size:
         raise UserError(
-            f"data.batch_size: {batch_size} is more than the {smallest} samples one loader "
-            f"worker may get per epoch; lower data.batch_size or data.num_workers"
+            f"data.batch_size: {batch_size} is more than the {share} samples each loader "
+            f"worker takes per epoch; lower data.batch_size or data.num_workers"
         )
 
 

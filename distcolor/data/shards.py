@@ -51,9 +51,9 @@ from distcolor.data.sources import (
     DEFAULT_MIN_COLORFULNESS,
     Sample,
     Skip,
-    encode_jpeg,
     load_image_file,
     read_input,
+    synthetic_sample,
 )
 from distcolor.data.workers import process_context
 from distcolor.errors import UserError
@@ -121,20 +121,13 @@ def _scan(
 
 def _load(item: Input, settings: dict) -> Sample | Skip:
     if item.root is None:  # a synthetic scene
-        from distcolor.data.synthetic import scene_image
-
-        size, seed = settings["synthetic_size"], settings["synthetic_seed"]
-        image = scene_image(item.index, size=size, seed=seed)
-        meta = {
-            "source": item.source,
-            "path": item.ref,
-            "original_size": list(image.size),
-            "sha256": item.digest,
-        }
-        return Sample(
-            f"{item.source}-{item.digest[:16]}",
-            encode_jpeg(image, size=None, quality=settings["quality"]),
-            meta,
+        return synthetic_sample(
+            item.index,
+            ref=item.ref,
+            digest=item.digest,
+            size=settings["synthetic_size"],
+            seed=settings["synthetic_seed"],
+            quality=settings["quality"],
         )
     return load_image_file(
         Path(item.root) / item.ref,

@@ -15,7 +15,6 @@ import functools
 import hashlib
 import io
 import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,7 +36,7 @@ __all__ = [
     "iter_folder",
     "load_image_file",
     "resize_shorter",
-    "synthetic_samples",
+    "synthetic_sample",
 ]
 
 # Modes that hold no colour: training on them teaches the generator to output gray.
@@ -271,16 +270,12 @@ def load_image_file(
     return Sample(f"{source}-{digest[:16]}", encode_jpeg(small, size=None, quality=quality), meta)
 
 
-def synthetic_samples(count: int, *, size: int, seed: int, quality: int) -> Iterator[Sample]:
-    """The procedural scenes of `distcolor.data.synthetic` as Samples."""
-    from distcolor.data.synthetic import iter_scenes
+def synthetic_sample(
+    index: int, *, ref: str, digest: str, size: int, seed: int, quality: int
+) -> Sample:
+    """Scene `index` of `distcolor.data.synthetic` as a Sample (`digest` identifies it)."""
+    from distcolor.data.synthetic import scene_image
 
-    for key, image in iter_scenes(count, size=size, seed=seed):
-        digest = hashlib.sha256(image.tobytes()).hexdigest()
-        meta = {
-            "source": "synthetic",
-            "path": key,
-            "original_size": list(image.size),
-            "sha256": digest,
-        }
-        yield Sample(key, encode_jpeg(image, size=None, quality=quality), meta)
+    image = scene_image(index, size=size, seed=seed)
+    meta = {"source": "synthetic", "path": ref, "original_size": list(image.size), "sha256": digest}
+    return Sample(f"synthetic-{digest[:16]}", encode_jpeg(image, size=None, quality=quality), meta)

@@ -27,6 +27,19 @@ ALL = "*"  # the stream tag when sources are not weighted
 PICKLED = {"pyd", "pickle", "pkl", "pth", "pt", "ckpt", "npz"}
 
 
+def deal_shards(shards: list[Shard], readers: int) -> tuple[list[list[Shard]], int]:
+    """Shards dealt to `readers`, biggest first, each to the reader holding the fewest
+    samples so far (ties keep the given order); and the smallest share, which every
+    reader takes in an epoch. The shares depend only on the shard sizes, not their order."""
+    dealt: list[list[Shard]] = [[] for _ in range(readers)]
+    loads = [0] * readers
+    for shard in sorted(shards, key=lambda sh: -sh.count):  # stable sort
+        reader = loads.index(min(loads))
+        loads[reader] += shard.count
+        dealt[reader].append(shard)
+    return dealt, min(loads)
+
+
 class SkipCounter:
     """Error handler that warns, counts and carries on."""
 
@@ -102,16 +115,11 @@ class Rounds:
             return rng.choices(self.shards, weights=weights, k=RESAMPLE_SHARDS), None
         order = list(self.shards)
         random.Random(f"{s.seed}:{self.tag}:{round_}").shuffle(order)
-        order.sort(key=lambda sh: -sh.count)  # stable: equal sizes keep the shuffled order
-        loads = [0] * (s.world_size * self.num_workers)
-        me, mine = s.rank * self.num_workers + self.worker, []
-        for shard in order:
-            reader = loads.index(min(loads))
-            loads[reader] += shard.count
-            if reader == me:
-                mine.append(shard)
+        dealt, quota = deal_shards(order, s.world_size * self.num_workers)
+        me = s.rank * self.num_workers + self.worker
+        mine = dealt[me]
         random.Random(f"{s.seed}:{self.tag}:{round_}:{me}").shuffle(mine)
-        return mine, min(loads)
+        return mine, quota
 
     def __iter__(self) -> Iterator[tuple[dict, Image.Image | None]]:
         s = self.s
@@ -151,6 +159,7 @@ class Reader:
     def __init__(self, stream: TrainStream, worker: int, num_workers: int, position: dict) -> None:
         self.counter = SkipCounter()
         self.seed, self.rank, self.worker = stream.seed, stream.rank, worker
+        self.source_by_url = {s.url: s.source for s in stream.shards}
         self.pulls = int(position.get("pulls", 0))
         saved = position.get("streams", {})
         self.streams = {
@@ -187,8 +196,9 @@ class Reader:
             block, offset = block + 1, 0
 
     def __iter__(self) -> Iterator[tuple[dict, Image.Image | None, str]]:
+        """(sample, decoded image or None, its source)."""
         iterators = {t: iter(r) for t, r in self.streams.items()}
         for tag in self._draws():
             sample, image = next(iterators[tag])
             self.pulls += 1
-            yield sample, image, tag
+            yield sample, image, self.source_by_url[sample["__url__"]]
