@@ -25,8 +25,9 @@ from distcolor.data.catalog import shard_list
 from distcolor.data.loader import build_train_loader
 from distcolor.data.shards import ensure_shards
 from distcolor.distributed import build_accelerator
+from distcolor.models import build_models
 from distcolor.optim import build_optimizers
-from distcolor.trainer import GANStep, build_models
+from distcolor.trainer import GANStep
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -56,10 +57,10 @@ def loader_rate(shards, cfg, workers: int, batches: int) -> float:
 
 def train_rate(shards, cfg, steps: int) -> float:
     accelerator = build_accelerator(cfg)
-    g, d = build_models(cfg.model)
+    g, d = build_models(cfg.model, seed=0)
     opt_g, opt_d = build_optimizers(g, d, cfg=cfg.train)
     g, d, opt_g, opt_d = accelerator.prepare(g, d, opt_g, opt_d)
-    step = GANStep(accelerator, g, d, opt_g, opt_d, l1_weight=cfg.train.l1_weight)
+    step = GANStep.from_config(cfg, accelerator, g, d, opt_g, opt_d)
     it = recycle_batches(default_loader(shards, cfg, cfg.data.num_workers))
     device = accelerator.device
     for _ in range(3):  # warm-up

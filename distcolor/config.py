@@ -77,7 +77,8 @@ class DataConfig(Section):
     synthetic: SyntheticConfig | None = None
     """If set and `shards` holds no shards, build this synthetic dataset there first."""
     image_size: int = Field(64, ge=16)
-    """Side of the square training crop; must be divisible by 2**model.g_depth."""
+    """Side of the square training crop; must be divisible by
+    2**model.generator.depth."""
     batch_size: int = Field(16, ge=1)
     """Images per step on each process."""
     num_workers: int = Field(2, ge=0)
@@ -105,19 +106,57 @@ class DataConfig(Section):
         return weights
 
 
+Activation = Literal["relu", "leaky_relu", "penalized_tanh"]
+Norm = Literal["batch", "instance", "none"]
+
+
+class GeneratorConfig(Section):
+    """pix2pix U-Net: `depth` stride-2 encoder blocks, mirrored decoder, skip connections."""
+
+    in_channels: Literal[1] = 1
+    """Lightness L; fixed by the Lab pipeline (listed so configs state the whole network)."""
+    out_channels: Literal[2] = 2
+    """Chroma a, b; fixed by the Lab pipeline."""
+    width: int = Field(32, ge=1)
+    """Base filters (pix2pix ngf); block k has width * min(2**k, 8). 64 in the paper."""
+    depth: int = Field(6, ge=2, le=10)
+    """Down-samplings; input sides must be divisible by 2**depth. 8 in the paper (256 px)."""
+    norm: Norm = "batch"
+    dropout: float = Field(0.5, ge=0.0, lt=1.0)
+    """Dropout in the inner 8x-wide decoder blocks, as pix2pix."""
+    down_activation: Activation = "leaky_relu"
+    """Encoder hidden activation (pix2pix: LeakyReLU 0.2)."""
+    up_activation: Activation = "relu"
+    """Decoder hidden activation (pix2pix: ReLU); the output layer is always tanh."""
+
+
+class DiscriminatorConfig(Section):
+    """pix2pix PatchGAN on (L, a, b): `layers` stride-2 convs, then two stride-1 ones."""
+
+    in_channels: Literal[3] = 3
+    """Lightness + chroma pairs (a conditional discriminator); fixed by the Lab pipeline."""
+    width: int = Field(32, ge=1)
+    """Base filters (pix2pix ndf); 64 in the paper."""
+    layers: int = Field(3, ge=1, le=6)
+    """Stride-2 layers; 3 gives the 70x70 PatchGAN."""
+    norm: Norm = "batch"
+    activation: Activation = "leaky_relu"
+
+
 class ModelConfig(Section):
-    g_width: int = Field(32, ge=1)
-    """Generator base filters (pix2pix ngf); 64 in the paper."""
-    g_depth: int = Field(6, ge=2, le=10)
-    """Generator down-samplings; 8 in the paper (256 px inputs)."""
-    g_dropout: float = Field(0.5, ge=0.0, lt=1.0)
-    """Dropout in the generator's inner wide decoder blocks, as pix2pix."""
-    d_width: int = Field(32, ge=1)
-    """Discriminator base filters (pix2pix ndf); 64 in the paper."""
-    d_layers: int = Field(3, ge=1, le=6)
-    """Discriminator stride-2 layers; 3 gives the 70x70 PatchGAN."""
-    norm: Literal["batch", "instance", "none"] = "batch"
-    """Normalisation layer of both networks."""
+    generator: GeneratorConfig = GeneratorConfig()
+    discriminator: DiscriminatorConfig = DiscriminatorConfig()
+    leaky_slope: float = Field(0.2, ge=0.0, lt=1.0)
+    """Negative slope of leaky_relu (pix2pix: 0.2)."""
+    tanh_penalty: float = Field(0.25, ge=0.0, le=1.0)
+    """`a` of penalized_tanh: tanh(x) for x > 0, a * tanh(x) otherwise (Xu et al. 2016)."""
+    init_std: float = Field(0.02, gt=0.0)
+    """Conv weights ~ N(0, init_std) and norm scales ~ N(1, init_std), as pix2pix."""
+    init_seed: int | None = Field(None, ge=0, lt=2**31)
+    """Seed of the initial weights (default: run.seed); recorded in every checkpoint so the
+    initial weights can be rebuilt exactly (lottery-ticket rewinding)."""
+    channels_last: bool = False
+    """NHWC memory format for both networks and their inputs (faster convs on GPUs)."""
 
 
 class TrainConfig(Section):
@@ -126,9 +165,32 @@ class TrainConfig(Section):
     lr_g: float = Field(2e-4, gt=0.0)
     lr_d: float = Field(2e-4, gt=0.0)
     betas: list[float] = Field(default_factory=lambda: [0.5, 0.999], min_length=2, max_length=2)
-    """Adam betas, as pix2pix."""
+    """(beta1, beta2) of both optimizers; pix2pix's low beta1 keeps GAN updates responsive."""
+    optimizer: Literal["adam", "adabelief"] = "adam"
+    """adam (pix2pix) or adabelief (Zhuang et al. 2020, one of the original experiments)."""
+    eps: float | None = Field(None, ge=0.0)
+    """Denominator epsilon; default 1e-8 for adam, 1e-16 for adabelief (inside its sqrt)."""
+    weight_decay: float = Field(0.0, ge=0.0)
+    decoupled_weight_decay: bool = True
+    """Decay the weights directly (AdamW style) rather than adding wd * w to the gradient."""
+    gan_loss: Literal["lsgan", "vanilla"] = "lsgan"
+    """lsgan: MSE on D's scores (the original project); vanilla: BCE with logits."""
     l1_weight: float = Field(100.0, ge=0.0)
     """Lambda of the generator's L1 term (adversarial + lambda * L1)."""
+    lr_schedule: Literal["constant", "linear_decay"] = "constant"
+    """linear_decay: constant until lr_decay_start, then linearly towards 0 (pix2pix)."""
+    lr_decay_start: int | None = Field(None, ge=0)
+    """Step after which linear_decay starts (default: half of max_steps)."""
+    ema_half_life: float | None = Field(None, gt=0.0)
+    """Images (over all ranks) for the generator's weight average to halve an old weight's
+    share (StyleGAN2: 10,000); null turns the EMA off. When on, samples and evaluation use
+    the averaged generator."""
+    ema_rampup: float | None = Field(0.05, gt=0.0)
+    """Early on, cap the half-life at this share of the images seen so far (StyleGAN2: 0.05),
+    so the average does not drag the random initial weights along."""
+    peak_flops: float | None = Field(None, gt=0.0)
+    """Peak FLOP/s of one device for the model-FLOP-utilisation log; default: a table of
+    known GPUs (dense bf16/fp16), none on CPU."""
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     """Autocast dtype for the forward passes; losses are reduced in float32 regardless."""
 
@@ -173,12 +235,22 @@ class Config(Section):
         return self
 
     @model_validator(mode="after")
+    def _decay_within_run(self) -> Config:
+        start = self.train.lr_decay_start
+        if start is not None and start >= self.train.max_steps:
+            raise ValueError(
+                f"train.lr_decay_start: {start} must be below train.max_steps = "
+                f"{self.train.max_steps}"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _sizes_fit_networks(self) -> Config:
-        multiple = 2**self.model.g_depth
+        multiple = 2**self.model.generator.depth
         if self.data.image_size % multiple:
             raise ValueError(
                 f"data.image_size: {self.data.image_size} is not divisible by "
-                f"2**model.g_depth = {multiple}"
+                f"2**model.generator.depth = {multiple}"
             )
         return self
 

@@ -100,6 +100,11 @@ class Tracker:
         self._jsonl.write(json.dumps({"step": step, **scalars}) + "\n")
         self._jsonl.flush()
 
+    def log_text(self, tag: str, text: str, step: int) -> None:
+        """Markdown text in TensorBoard's Text tab (run facts that are not a curve)."""
+        if self.enabled:
+            self._writer.add_text(tag, text, step)
+
     def log_samples(self, step: int, grid: torch.Tensor) -> Path | None:
         if not self.enabled:
             return None

@@ -23,7 +23,7 @@ from torch import nn
 from distcolor import __version__
 from distcolor.checkpoint import list_checkpoints, restore_latest, save_checkpoint
 from distcolor.color import lab_inputs
-from distcolor.config import Config, ModelConfig, config_to_yaml
+from distcolor.config import Config, config_to_yaml
 from distcolor.data.batching import recycle_batches
 from distcolor.data.catalog import read_manifest, shard_list
 from distcolor.data.loader import LoaderState, build_eval_loader, build_train_loader
@@ -35,35 +35,25 @@ from distcolor.distributed import (
     shutdown,
     step_seed,
 )
+from distcolor.ema import GeneratorEMA
 from distcolor.errors import UserError
-from distcolor.losses import l1_loss, lsgan_d_loss, lsgan_g_loss
+from distcolor.flops import peak_flops, step_flops
+from distcolor.losses import GANObjective
 from distcolor.metrics import held_out_l1
-from distcolor.models import PatchDiscriminator, UNetGenerator
-from distcolor.models.patchgan import patch_output_size
-from distcolor.optim import build_optimizers
+from distcolor.models import build_models, init_seed
+from distcolor.models.patchgan import smallest_input
+from distcolor.optim import build_optimizers, set_learning_rates
 from distcolor.tracking import Tracker, sample_grid, trim_metrics
 
 SAMPLE_IMAGES = 8  # columns of the sample grid
 
 
-def build_models(cfg: ModelConfig) -> tuple[UNetGenerator, PatchDiscriminator]:
-    """Generator: lightness (1 channel) -> chroma (2); discriminator: (L, a, b) -> patch scores."""
-    generator = UNetGenerator(
-        in_channels=1,
-        out_channels=2,
-        width=cfg.g_width,
-        depth=cfg.g_depth,
-        norm=cfg.norm,
-        dropout=cfg.g_dropout,
-    )
-    discriminator = PatchDiscriminator(
-        in_channels=3, width=cfg.d_width, layers=cfg.d_layers, norm=cfg.norm
-    )
-    return generator, discriminator
-
-
 class GANStep:
-    """One training step of both models; returns the detached losses."""
+    """One training step of both models; returns the detached losses.
+
+    D step on (real, fake.detach()), then G step with D's parameters frozen: they stop
+    requiring grad, so G's backward neither fills D's .grad nor fires D's DDP all-reduce.
+    """
 
     def __init__(
         self,
@@ -72,45 +62,42 @@ class GANStep:
         discriminator: nn.Module,
         opt_g: torch.optim.Optimizer,
         opt_d: torch.optim.Optimizer,
+        objective: GANObjective,
         *,
-        l1_weight: float,
+        channels_last: bool = False,
     ) -> None:
         self.accelerator = accelerator
         self.G, self.D, self.opt_g, self.opt_d = generator, discriminator, opt_g, opt_d
-        self.l1_weight = l1_weight
+        self.objective = objective
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+
+    @classmethod
+    def from_config(cls, cfg: Config, accelerator: Accelerator, G, D, opt_g, opt_d) -> GANStep:
+        objective = GANObjective(gan_loss=cfg.train.gan_loss, l1_weight=cfg.train.l1_weight)
+        return cls(
+            accelerator, G, D, opt_g, opt_d, objective, channels_last=cfg.model.channels_last
+        )
 
     def __call__(self, lightness: torch.Tensor, chroma: torch.Tensor) -> dict[str, torch.Tensor]:
+        lightness = lightness.contiguous(memory_format=self.memory_format)
+        chroma = chroma.contiguous(memory_format=self.memory_format)
         fake = self.G(lightness)  # (B, 2, H, W)
 
-        # Discriminator: real (L, ab) pairs vs generated ones; no gradient into G.
         self.D.requires_grad_(True)
-        real_scores = self.D(torch.cat([lightness, chroma], dim=1))
-        fake_scores = self.D(torch.cat([lightness, fake.detach()], dim=1))
-        d = lsgan_d_loss(real_scores, fake_scores)
+        d = self.objective.discriminator(self.D, lightness, chroma, fake)
         self.opt_d.zero_grad(set_to_none=True)
         self.accelerator.backward(d["total"])
         self.opt_d.step()
 
-        # Generator: fool D and stay near the true colours. D's parameters stop requiring
-        # grad so G's backward neither fills D's .grad nor fires D's DDP all-reduce hooks.
         self.D.requires_grad_(False)
-        scores = self.D(torch.cat([lightness, fake], dim=1))
-        adversarial = lsgan_g_loss(scores)
-        l1 = l1_loss(fake, chroma)
-        total = adversarial + self.l1_weight * l1
+        g = self.objective.generator(self.D, lightness, chroma, fake)
         self.opt_g.zero_grad(set_to_none=True)
-        self.accelerator.backward(total)
+        self.accelerator.backward(g["total"])
         self.opt_g.step()
         self.D.requires_grad_(True)
 
-        losses = {
-            "loss/D/total": d["total"],
-            "loss/D/real": d["real"],
-            "loss/D/fake": d["fake"],
-            "loss/G/total": total,
-            "loss/G/adv": adversarial,
-            "loss/G/l1": l1,
-        }
+        losses = {f"loss/D/{k}": v for k, v in d.items()}
+        losses.update({f"loss/G/{k}": v for k, v in g.items()})
         return {k: v.detach() for k, v in losses.items()}
 
 
@@ -130,10 +117,11 @@ def code_version() -> str:
 
 
 def _check_sizes(cfg: Config) -> None:
-    if patch_output_size(cfg.data.image_size, cfg.model.d_layers) < 1:
+    layers = cfg.model.discriminator.layers
+    if cfg.data.image_size < smallest_input(layers):
         raise UserError(
-            f"data.image_size: {cfg.data.image_size} px is too small for a "
-            f"{cfg.model.d_layers}-layer discriminator (model.d_layers)"
+            f"data.image_size: {cfg.data.image_size} px is too small for a {layers}-layer "
+            f"discriminator (model.discriminator.layers needs >= {smallest_input(layers)} px)"
         )
 
 
@@ -239,8 +227,20 @@ def train(cfg: Config, *, resume: bool = False) -> dict:
         raise UserError(f"data.shards: {cfg.data.shards} has no train shards")
     sources = sorted({shard.source for shard in train_shards})
 
-    torch.manual_seed(cfg.run.seed)  # the same initial weights on every rank
-    generator, discriminator = build_models(cfg.model)
+    seed = init_seed(cfg)  # the same initial weights on every rank
+    generator, discriminator = build_models(cfg.model, seed=seed)
+    flops = step_flops(cfg)
+    facts = {
+        "generator_params": _count(generator),
+        "discriminator_params": _count(discriminator),
+        "init_seed": seed,
+        **flops,
+    }
+    log(
+        f"generator {facts['generator_params']:,} parameters, discriminator "
+        f"{facts['discriminator_params']:,}; {flops['train_flops_per_image'] / 1e9:.2f} GFLOP "
+        f"per training image at {cfg.data.image_size} px"
+    )
     opt_g, opt_d = build_optimizers(generator, discriminator, cfg=cfg.train)
     start_step, positions = 0, LoaderState(cfg.data.num_workers)
     if resume:
@@ -255,6 +255,7 @@ def train(cfg: Config, *, resume: bool = False) -> dict:
     if is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(config_to_yaml(cfg))
+        (run_dir / "model.json").write_text(json.dumps(facts, indent=2))
         if resume:
             trim_metrics(run_dir, start_step)
 
@@ -265,10 +266,16 @@ def train(cfg: Config, *, resume: bool = False) -> dict:
         accelerator.scaler.load_state_dict(state["scaler"])  # fp16 loss scale, for exactness
     # For rank-local forwards (samples, evaluation) that must not run DDP's collectives.
     plain_generator = accelerator.unwrap_model(generator)
-    step_fn = GANStep(
-        accelerator, generator, discriminator, opt_g, opt_d, l1_weight=cfg.train.l1_weight
-    )
     data, tc = cfg.data, cfg.train
+    step_fn = GANStep.from_config(cfg, accelerator, generator, discriminator, opt_g, opt_d)
+    ema = None
+    if tc.ema_half_life is not None:
+        ema = GeneratorEMA(plain_generator, half_life=tc.ema_half_life, rampup=tc.ema_rampup)
+        if resume:
+            _resume_ema(ema, state, log)
+    # Samples and evaluation use the averaged generator when there is one.
+    sampler = ema.module if ema is not None else plain_generator
+    peak = peak_flops(accelerator.device, tc.mixed_precision, tc.peak_flops)
     loader = build_train_loader(
         train_shards,
         image_size=data.image_size,
@@ -301,17 +308,24 @@ def train(cfg: Config, *, resume: bool = False) -> dict:
     with Tracker(
         run_dir, enabled=is_main, total_steps=tc.max_steps, start_step=start_step
     ) as tracker:
+        tracker.log_text("model", _model_facts(facts), start_step)
         batches = recycle_batches(loader)  # each batch is converted on arrival
+        step_images = data.batch_size * world
         t_last, step_last = time.perf_counter(), start_step
         for step in range(start_step + 1, tc.max_steps + 1):
             batch = next(batches)
             positions.update(batch)
             torch.manual_seed(step_seed(cfg.run.seed, step, rank))
+            set_learning_rates(opt_g, opt_d, step, tc)
             losses = step_fn(*lab_inputs(batch, device))
+            if ema is not None:
+                ema.update(
+                    plain_generator, images_seen=(step - 1) * step_images, step_images=step_images
+                )
 
             if step % tc.log_every == 0 or step == tc.max_steps:
                 now = time.perf_counter()
-                images_per_s = (step - step_last) * data.batch_size * world / (now - t_last)
+                images_per_s = (step - step_last) * step_images / (now - t_last)
                 t_last, step_last = now, step
                 scalars = {k: v.item() for k, v in losses.items()}
                 skipped = _total(accelerator, positions.skipped)
@@ -322,9 +336,14 @@ def train(cfg: Config, *, resume: bool = False) -> dict:
                         "lr/G": opt_g.param_groups[0]["lr"],
                         "lr/D": opt_d.param_groups[0]["lr"],
                         "perf/images_per_s": images_per_s,
+                        "perf/tflop_per_s": images_per_s * flops["train_flops_per_image"] / 1e12,
                         "data/skipped": float(skipped),
                     }
                 )
+                if peak is not None:  # model FLOP utilisation of all devices together
+                    scalars["perf/mfu"] = (
+                        images_per_s * flops["train_flops_per_image"] / (peak * world)
+                    )
                 tracker.log_scalars(step, scalars)
                 tracker.advance(
                     step,
@@ -340,7 +359,7 @@ def train(cfg: Config, *, resume: bool = False) -> dict:
                 and fixed is not None
                 and (step % tc.sample_every == 0 or step == tc.max_steps)
             ):
-                tracker.log_samples(step, _samples(plain_generator, fixed, device))
+                tracker.log_samples(step, _samples(sampler, fixed, device))
 
             if step % tc.ckpt_every == 0 or step == tc.max_steps:
                 # Every rank's loader position goes into rank 0's checkpoint (a collective).
@@ -349,7 +368,9 @@ def train(cfg: Config, *, resume: bool = False) -> dict:
                     save_checkpoint(
                         {
                             "step": step,
-                            "G": accelerator.unwrap_model(generator).state_dict(),
+                            "init_seed": seed,
+                            "G": plain_generator.state_dict(),
+                            "G_ema": ema.state_dict() if ema is not None else None,
                             "D": accelerator.unwrap_model(discriminator).state_dict(),
                             "opt_g": opt_g.state_dict(),
                             "opt_d": opt_d.state_dict(),
@@ -375,7 +396,7 @@ def train(cfg: Config, *, resume: bool = False) -> dict:
         }
         if tc.eval_images > 0 and test_shards:
             # BN statistics last moved locally on each rank: evaluate rank 0's (the saved) ones.
-            broadcast_buffers(plain_generator)
+            broadcast_buffers(sampler)
             eval_loader = build_eval_loader(
                 test_shards,
                 image_size=data.image_size,
@@ -385,7 +406,7 @@ def train(cfg: Config, *, resume: bool = False) -> dict:
                 world_size=world,
                 limit=tc.eval_images,
             )
-            result.update(held_out_l1(plain_generator, eval_loader, accelerator))
+            result.update(held_out_l1(sampler, eval_loader, accelerator))
             tracker.log_scalars(
                 tc.max_steps,
                 {"eval/l1_model": result["l1_model"], "eval/l1_no_colour": result["l1_no_colour"]},
@@ -395,6 +416,25 @@ def train(cfg: Config, *, resume: bool = False) -> dict:
     del batches, loader, step_fn, generator, discriminator, opt_g, opt_d
     shutdown(accelerator)
     return result
+
+
+def _count(module: nn.Module) -> int:
+    """Trainable parameters."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+def _model_facts(facts: dict) -> str:
+    """The run's model facts as a markdown table for TensorBoard."""
+    rows = "\n".join(f"| {key} | {value:,.0f} |" for key, value in facts.items())
+    return "| | |\n|---|---|\n" + rows
+
+
+def _resume_ema(ema: GeneratorEMA, state: dict, log) -> None:
+    """The saved average, or (a checkpoint from a run without one) the restored generator."""
+    if state.get("G_ema") is not None:
+        ema.load_state_dict(state["G_ema"])
+    else:
+        log("warning: the checkpoint has no generator average; starting it from its weights")
 
 
 def _report(run_dir: Path, result: dict) -> None:

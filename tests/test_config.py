@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_default_config_file_is_valid():
     cfg = load_config(ROOT / "configs" / "default.yaml")
     assert cfg.data.synthetic is not None and cfg.data.synthetic.count >= 1000
-    assert cfg.data.image_size % 2**cfg.model.g_depth == 0
+    assert cfg.data.image_size % 2**cfg.model.generator.depth == 0
 
 
 def test_overrides_are_typed_and_nested():
@@ -52,7 +52,10 @@ def test_synthetic_section_can_be_set_from_overrides_when_null():
             "train.mixed_precision: input should be 'no', 'bf16' or 'fp16'",
         ),
         ("train.betas=[0.5, 1.5]", "train.betas: each must be in [0, 1)"),
-        ("data.image_size=48", "data.image_size: 48 is not divisible by 2**model.g_depth = 64"),
+        (
+            "data.image_size=48",
+            "data.image_size: 48 is not divisible by 2**model.generator.depth = 64",
+        ),
         ("run.name=a/b", "run.name: string should match pattern"),
         ("data.batch_size.x=1", "data.batch_size: is not a section"),
         ("train.max_steps", "override 'train.max_steps': expected section.key=value"),

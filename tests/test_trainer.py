@@ -1,5 +1,6 @@
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,8 +14,9 @@ from distcolor.checkpoint import latest_checkpoint, load_checkpoint
 from distcolor.config import load_config
 from distcolor.distributed import build_accelerator
 from distcolor.errors import UserError
+from distcolor.models import build_models
 from distcolor.optim import build_optimizers
-from distcolor.trainer import GANStep, build_models, train
+from distcolor.trainer import GANStep, train
 from tests.conftest import reset_accelerate, tiny_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,15 +28,17 @@ def metrics(run_dir):
 
 
 def test_one_step_changes_both_models():
-    cfg = load_config(None, ["model.g_width=8", "model.g_depth=5", "model.d_width=8"])
+    cfg = load_config(
+        None,
+        ["model.generator.width=8", "model.generator.depth=5", "model.discriminator.width=8"],
+    )
     accelerator = build_accelerator(cfg)
-    torch.manual_seed(0)
-    g, d = build_models(cfg.model)
+    g, d = build_models(cfg.model, seed=0)
     opt_g, opt_d = build_optimizers(g, d, cfg=cfg.train)
     g, d, opt_g, opt_d = accelerator.prepare(g, d, opt_g, opt_d)
     before_g = [p.detach().clone() for p in g.parameters()]
     before_d = [p.detach().clone() for p in d.parameters()]
-    step = GANStep(accelerator, g, d, opt_g, opt_d, l1_weight=100.0)
+    step = GANStep.from_config(cfg, accelerator, g, d, opt_g, opt_d)
     losses = step(torch.rand(4, 1, 32, 32) * 2 - 1, torch.rand(4, 2, 32, 32) - 0.5)
     assert all(torch.isfinite(v) for v in losses.values())
     changed_g = [not torch.equal(a, b) for a, b in zip(before_g, g.parameters(), strict=True)]
@@ -171,7 +175,9 @@ def test_dry_run_prints_the_resolved_config_from_any_directory(tmp_path):
 def test_resume_with_a_different_model_is_a_clear_error(tmp_path, tiny_shards):
     train(load_config(None, tiny_overrides(tmp_path, tiny_shards, **{"train.max_steps": 1})))
     reset_accelerate()
-    wider = load_config(None, tiny_overrides(tmp_path, tiny_shards, **{"model.g_width": 16}))
+    wider = load_config(
+        None, tiny_overrides(tmp_path, tiny_shards, **{"model.generator.width": 16})
+    )
     with pytest.raises(UserError, match=r"^--resume: .*step-00000001.pt does not fit"):
         train(wider, resume=True)
 
@@ -228,3 +234,83 @@ def test_resume_with_another_data_order_starts_new_epochs_and_keeps_the_totals(
     state = load_checkpoint(latest_checkpoint(cfg.run_dir / "checkpoints"))
     assert sum(state["loader"][0]["mix"].values()) == 5 * 4  # images of all 5 steps, not 2
     assert state["loader"][0]["first_round"]["*"] >= 1  # past every round read before
+
+
+RECIPE = {
+    "train.optimizer": "adabelief",
+    "train.gan_loss": "vanilla",
+    "train.lr_schedule": "linear_decay",
+    "train.ema_half_life": 200,
+    "model.generator.down_activation": "penalized_tanh",
+    "model.discriminator.activation": "penalized_tanh",
+    "model.channels_last": "true",
+    "model.init_seed": 7,
+    "train.eval_images": 0,
+    "train.max_steps": 5,
+}
+
+
+def test_recipe_options_train_and_resume_exactly(tmp_path, tiny_shards):
+    straight = load_config(None, tiny_overrides(tmp_path, tiny_shards, **RECIPE))
+    train(straight)
+    a = metrics(straight.run_dir)
+    # linear decay from half-way (step 2): 1, 1, 3/4, 2/4, 1/4 of 2e-4
+    lrs = [a[s]["lr/G"] for s in range(1, 6)]
+    assert lrs == pytest.approx([2e-4, 2e-4, 1.5e-4, 1e-4, 0.5e-4])
+    assert all(a[s]["perf/tflop_per_s"] > 0 for s in a)
+    facts = json.loads((straight.run_dir / "model.json").read_text())
+    assert facts["init_seed"] == 7 and facts["train_flops_per_image"] > 0
+    state = load_checkpoint(latest_checkpoint(straight.run_dir / "checkpoints"))
+    assert state["init_seed"] == 7
+    assert "exp_avg_var" in next(iter(state["opt_g"]["state"].values()))  # AdaBelief's state
+    ema, live = state["G_ema"], state["G"]
+    assert ema.keys() == live.keys()
+    assert any(not torch.equal(ema[k], live[k]) for k in live if k.endswith("weight"))
+
+    # Pre-empted after step 2: the same run (same max_steps, so the same schedule) with
+    # only its step-2 checkpoint left.
+    shutil.copytree(straight.run_dir, tmp_path / "runs" / "resumed")
+    for late in ("step-00000004.pt", "step-00000005.pt"):
+        (tmp_path / "runs/resumed/checkpoints" / late).unlink()
+    reset_accelerate()
+    resumed = load_config(
+        None, tiny_overrides(tmp_path, tiny_shards, **{**RECIPE, "run.name": "resumed"})
+    )
+    train(resumed, resume=True)
+    b = metrics(resumed.run_dir)
+    for step in (3, 4, 5):
+        for key in ("loss/D/total", "loss/G/adv", "loss/G/l1", "lr/G"):
+            assert abs(a[step][key] - b[step][key]) < 1e-6, (step, key)
+    ema_b = load_checkpoint(latest_checkpoint(resumed.run_dir / "checkpoints"))["G_ema"]
+    assert all(torch.allclose(ema[k].float(), ema_b[k].float(), atol=1e-6) for k in ema)
+
+
+def test_evaluation_and_samples_use_the_averaged_generator(tmp_path, tiny_shards):
+    from accelerate import Accelerator
+
+    from distcolor.data.catalog import read_manifest, shard_list
+    from distcolor.data.loader import build_eval_loader
+    from distcolor.metrics import held_out_l1
+
+    cfg = load_config(
+        None,
+        tiny_overrides(
+            tmp_path, tiny_shards, **{"train.ema_half_life": 100, "train.ema_rampup": "null"}
+        ),
+    )
+    result = train(cfg)
+    state = load_checkpoint(latest_checkpoint(cfg.run_dir / "checkpoints"))
+    reset_accelerate()
+    accelerator = Accelerator(cpu=True)
+    shards = shard_list(tiny_shards, read_manifest(tiny_shards), "test")
+
+    def score(weights):
+        g, _ = build_models(cfg.model, seed=0)
+        g.load_state_dict(weights)
+        loader = build_eval_loader(
+            shards, image_size=32, batch_size=4, num_workers=0, rank=0, world_size=1, limit=16
+        )
+        return held_out_l1(g, loader, accelerator)["l1_model"]
+
+    assert result["l1_model"] == pytest.approx(score(state["G_ema"]), abs=1e-6)
+    assert result["l1_model"] != pytest.approx(score(state["G"]), abs=1e-6)

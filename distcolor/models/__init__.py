@@ -1,6 +1,15 @@
-"""Networks: U-Net generator and PatchGAN discriminator."""
+"""Networks: U-Net generator and PatchGAN discriminator, built from config."""
 
+from distcolor.models.build import build_models, init_seed
+from distcolor.models.layers import InputSizeError, PenalizedTanh
 from distcolor.models.patchgan import PatchDiscriminator
 from distcolor.models.unet import UNetGenerator
 
-__all__ = ["PatchDiscriminator", "UNetGenerator"]
+__all__ = [
+    "InputSizeError",
+    "PatchDiscriminator",
+    "PenalizedTanh",
+    "UNetGenerator",
+    "build_models",
+    "init_seed",
+]

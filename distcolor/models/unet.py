@@ -2,6 +2,14 @@
 
 Encoder block k halves the resolution to width * min(2**k, 8) channels; decoder block k
 takes [skip from encoder k, output of decoder k+1] and doubles the resolution back.
+
+    down[k]: conv 4x4/2 -> norm (not k = 0, not the innermost) -> activation (not innermost)
+    up[k]:   activation -> transposed conv 4x4/2 -> norm -> dropout (inner wide blocks)
+    up[0]:   activation -> transposed conv 4x4/2 -> tanh
+
+The skip carries the *activated* encoder features. pix2pix gets the same effect from an
+in-place LeakyReLU on the tensor it later concatenates; here it is explicit, so it does
+not depend on which activation happens to work in place.
 """
 
 from __future__ import annotations
@@ -9,7 +17,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from distcolor.models.layers import conv_bias, init_weights, make_norm
+from distcolor.models.layers import (
+    InputSizeError,
+    conv_bias,
+    init_weights,
+    make_activation,
+    make_norm,
+)
 
 # pix2pix puts dropout in the decoder blocks between the 8x-wide ones (k >= 4) and the innermost.
 _FIRST_DROPOUT_BLOCK = 4
@@ -25,6 +39,11 @@ class UNetGenerator(nn.Module):
         depth: int = 8,
         norm: str = "batch",
         dropout: float = 0.5,
+        down_activation: str = "leaky_relu",
+        up_activation: str = "relu",
+        leaky_slope: float = 0.2,
+        tanh_penalty: float = 0.25,
+        init_std: float = 0.02,
     ) -> None:
         super().__init__()
         if depth < 2:
@@ -33,14 +52,21 @@ class UNetGenerator(nn.Module):
         bias = conv_bias(norm)
         chans = [width * min(2**k, 8) for k in range(depth)]
 
+        def act(kind: str) -> nn.Module:
+            return make_activation(kind, leaky_slope=leaky_slope, tanh_penalty=tanh_penalty)
+
         self.down = nn.ModuleList()
         for k in range(depth):
+            innermost = k == depth - 1
             c_in = in_channels if k == 0 else chans[k - 1]
-            layers: list[nn.Module] = [] if k == 0 else [nn.LeakyReLU(0.2, inplace=True)]
-            # The outermost block's input is the image; the innermost output is 1x1 (no norm).
-            layers.append(nn.Conv2d(c_in, chans[k], 4, stride=2, padding=1, bias=bias))
+            # The outermost block sees the image (no norm); the innermost output is 1x1 at
+            # 2**depth px, where a norm has nothing to normalise over. Like pix2pix, these
+            # two convs still go without a bias under batch norm (the paper's count has none).
+            layers: list[nn.Module] = [nn.Conv2d(c_in, chans[k], 4, stride=2, padding=1, bias=bias)]
             if 0 < k < depth - 1:
                 layers.append(make_norm(norm, chans[k]))
+            if not innermost:
+                layers.append(act(down_activation))
             self.down.append(nn.Sequential(*layers))
 
         self.up = nn.ModuleList()
@@ -49,7 +75,7 @@ class UNetGenerator(nn.Module):
             c_in = chans[k] if innermost else 2 * chans[k]
             c_out = out_channels if outermost else chans[k - 1]
             layers = [
-                nn.ReLU(inplace=True),
+                act(up_activation),
                 nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1, bias=outermost or bias),
             ]
             if outermost:
@@ -59,19 +85,22 @@ class UNetGenerator(nn.Module):
                 if dropout > 0 and _FIRST_DROPOUT_BLOCK <= k < depth - 1:
                     layers.append(nn.Dropout(dropout))
             self.up.append(nn.Sequential(*layers))
-        init_weights(self)
+        init_weights(self, init_std)
 
     @property
     def size_multiple(self) -> int:
         return 2**self.depth
 
-    def forward(self, lightness: torch.Tensor) -> torch.Tensor:
-        h, w = lightness.shape[-2:]
-        if h % self.size_multiple or w % self.size_multiple:
-            raise ValueError(
-                f"generator input is {h}x{w}; both sides must be divisible by "
-                f"2**depth = {self.size_multiple}"
+    def check_input(self, height: int, width: int) -> None:
+        """Raise InputSizeError unless every down-sampling halves both sides exactly."""
+        if height % self.size_multiple or width % self.size_multiple:
+            raise InputSizeError(
+                f"generator input is {height}x{width} px; both sides must be divisible by "
+                f"2**depth = {self.size_multiple} (a {self.depth}-level U-Net)"
             )
+
+    def forward(self, lightness: torch.Tensor) -> torch.Tensor:
+        self.check_input(*lightness.shape[-2:])
         skips = []
         x = lightness
         for block in self.down:

@@ -1,0 +1,111 @@
+"""Time one full GAN training step (D step + G step, forward and backward) on this device.
+
+    python benchmarks/bench_step.py [--quick] [--config FILE] [--batch N] [key=value ...]
+    python benchmarks/bench_step.py --config configs/paper.yaml --batch 32   # on a GPU
+
+Random (L, ab) batches already on the device, so the model alone is measured; the step is
+the trainer's own (`GANStep`, through Accelerate with the config's mixed precision).
+After warm-up, each step is timed on its own (with a device sync) and the median is kept.
+Prints one JSON object as its last line: images_per_s, flops_per_s (model FLOPs from
+`distcolor.flops`), mfu where the device's peak is known, and the device.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from distcolor.config import load_config
+from distcolor.distributed import build_accelerator
+from distcolor.flops import peak_flops, step_flops
+from distcolor.models import build_models
+from distcolor.optim import build_optimizers
+from distcolor.trainer import GANStep
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--config", default=ROOT / "configs/default.yaml")
+    p.add_argument("--batch", type=int, help="images per step (default: data.batch_size)")
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--quick", action="store_true", help="under a minute on 2 CPU cores")
+    p.add_argument("overrides", nargs="*", metavar="section.key=value")
+    a = p.parse_args()
+    cfg = load_config(a.config, a.overrides)
+    batch = a.batch or cfg.data.batch_size
+    warmup, repeats = (2, 5) if a.quick else (a.warmup, a.repeats)
+
+    accelerator = build_accelerator(cfg)
+    device = accelerator.device
+    generator, discriminator = build_models(cfg.model, seed=0)
+    opt_g, opt_d = build_optimizers(generator, discriminator, cfg=cfg.train)
+    generator, discriminator, opt_g, opt_d = accelerator.prepare(
+        generator, discriminator, opt_g, opt_d
+    )
+    step = GANStep.from_config(cfg, accelerator, generator, discriminator, opt_g, opt_d)
+    side = cfg.data.image_size
+    torch.manual_seed(0)
+    lightness = torch.rand(batch, 1, side, side, device=device) * 2 - 1
+    chroma = (torch.rand(batch, 2, side, side, device=device) - 0.5) * 0.6
+
+    for _ in range(warmup):
+        step(lightness, chroma)
+    sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step(lightness, chroma)
+        sync(device)
+        times.append(time.perf_counter() - start)
+    seconds = statistics.median(times)
+    flops = step_flops(cfg, batch_size=batch)["train_flops_per_step"]
+    peak = peak_flops(device, cfg.train.mixed_precision, cfg.train.peak_flops)
+    result = {
+        "benchmark": "step",
+        "device": device_name(device),
+        "mixed_precision": cfg.train.mixed_precision,
+        "channels_last": cfg.model.channels_last,
+        "image_size": side,
+        "batch_size": batch,
+        "generator_width": cfg.model.generator.width,
+        "generator_depth": cfg.model.generator.depth,
+        "step_ms_median": round(seconds * 1e3, 2),
+        "step_ms_min": round(min(times) * 1e3, 2),
+        "images_per_s": round(batch / seconds, 2),
+        "flops_per_step": flops,
+        "flops_per_s": flops / seconds,
+        "mfu": round(flops / seconds / peak, 4) if peak else None,
+        "peak_memory_gib": (
+            round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
+            if device.type == "cuda"
+            else None
+        ),
+        "repeats": repeats,
+    }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
