@@ -96,7 +96,7 @@ class UNetGenerator(nn.Module):
         if height % self.size_multiple or width % self.size_multiple:
             raise InputSizeError(
                 f"generator input is {height}x{width} px; both sides must be divisible by "
-                f"2**depth = {self.size_multiple} (a {self.depth}-level U-Net)"
+                f"2**depth = {self.size_multiple} ({self.depth} down-samplings)"
             )
 
     def forward(self, lightness: torch.Tensor) -> torch.Tensor:
