@@ -17,18 +17,15 @@ import json
 import platform
 import statistics
 import time
-from pathlib import Path
 
 import torch
 
-from distcolor.config import load_config
+from distcolor.cli import add_config_arguments, config_from_args
 from distcolor.distributed import build_accelerator
 from distcolor.flops import peak_flops, step_flops
 from distcolor.models import build_models
 from distcolor.optim import build_optimizers
 from distcolor.trainer import GANStep
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def device_name(device: torch.device) -> str:
@@ -44,14 +41,13 @@ def sync(device: torch.device) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--config", default=ROOT / "configs/default.yaml")
+    add_config_arguments(p)
     p.add_argument("--batch", type=int, help="images per step (default: data.batch_size)")
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--quick", action="store_true", help="under a minute on 2 CPU cores")
-    p.add_argument("overrides", nargs="*", metavar="section.key=value")
     a = p.parse_args()
-    cfg = load_config(a.config, a.overrides)
+    cfg = config_from_args(a)
     batch = a.batch or cfg.data.batch_size
     warmup, repeats = (2, 5) if a.quick else (a.warmup, a.repeats)
 

@@ -9,24 +9,14 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
-from distcolor.cli import run_main
-from distcolor.config import load_config
-
-DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "default.yaml"
+from distcolor.cli import add_config_arguments, config_from_args, run_main
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--config", default=DEFAULT_CONFIG, help="YAML config (default: configs/default.yaml)"
-    )
-    parser.add_argument(
-        "overrides", nargs="*", metavar="section.key=value", help="as for scripts/train.py"
-    )
-    args = parser.parse_args()
-    cfg = load_config(args.config, args.overrides)
+    add_config_arguments(parser)
+    cfg = config_from_args(parser.parse_args())
     from distcolor.summary import print_summary, summarise  # torch only after the config
 
     summary = summarise(cfg)

@@ -314,3 +314,19 @@ def test_evaluation_and_samples_use_the_averaged_generator(tmp_path, tiny_shards
 
     assert result["l1_model"] == pytest.approx(score(state["G_ema"]), abs=1e-6)
     assert result["l1_model"] != pytest.approx(score(state["G"]), abs=1e-6)
+
+
+def test_turning_the_average_on_at_resume_starts_it_from_the_generator(
+    tmp_path, tiny_shards, capsys
+):
+    quick = {"train.max_steps": 1, "train.eval_images": 0}
+    train(load_config(None, tiny_overrides(tmp_path, tiny_shards, **quick)))
+    reset_accelerate()
+    capsys.readouterr()
+    more = {"train.max_steps": 2, "train.eval_images": 0, "train.ema_half_life": 100}
+    train(load_config(None, tiny_overrides(tmp_path, tiny_shards, **more)), resume=True)
+    assert "the checkpoint has no generator average; starting it from its weights" in (
+        capsys.readouterr().out
+    )
+    state = load_checkpoint(latest_checkpoint(tmp_path / "runs/tiny/checkpoints"))
+    assert state["G_ema"] is not None
