@@ -223,3 +223,27 @@ def test_channels_last_gives_the_same_outputs():
         torch.testing.assert_close(
             d(lab), d_cl(lab.contiguous(memory_format=torch.channels_last)), rtol=1e-4, atol=1e-5
         )
+
+
+@pytest.mark.parametrize("norm", ["instance", "none"])
+def test_norm_dropout_and_slope_are_selectable_from_config(norm):
+    cfg = load_config(
+        None,
+        [
+            f"model.generator.norm={norm}",
+            f"model.discriminator.norm={norm}",
+            "model.generator.dropout=0",
+            "model.leaky_slope=0.1",
+            "model.generator.depth=6",
+        ],
+    )
+    g, d = build_models(cfg.model, seed=0)
+    assert not any(isinstance(m, nn.BatchNorm2d | nn.Dropout) for m in g.modules())
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in d.modules())
+    has_instance = any(isinstance(m, nn.InstanceNorm2d) for m in g.modules())
+    assert has_instance == (norm == "instance")
+    # without batch norm's shift every conv keeps its bias (pix2pix's use_bias)
+    assert all(m.bias is not None for m in g.modules() if isinstance(m, nn.Conv2d))
+    slopes = {m.negative_slope for m in [*g.modules(), *d.modules()] if isinstance(m, nn.LeakyReLU)}
+    assert slopes == {0.1}
+    assert g(torch.randn(2, 1, 64, 64)).shape == (2, 2, 64, 64)
