@@ -20,7 +20,7 @@ import time
 
 import torch
 
-from distcolor.cli import add_config_arguments, config_from_args
+from distcolor.cli import add_config_arguments, config_from_args, run_main
 from distcolor.distributed import build_accelerator
 from distcolor.flops import peak_flops, step_flops
 from distcolor.models import build_models
@@ -43,13 +43,14 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_config_arguments(p)
     p.add_argument("--batch", type=int, help="images per step (default: data.batch_size)")
-    p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--warmup", type=int, help="untimed steps first (default 5; --quick: 2)")
+    p.add_argument("--repeats", type=int, help="timed steps (default 20; --quick: 5)")
     p.add_argument("--quick", action="store_true", help="under a minute on 2 CPU cores")
     a = p.parse_args()
     cfg = config_from_args(a)
     batch = a.batch or cfg.data.batch_size
-    warmup, repeats = (2, 5) if a.quick else (a.warmup, a.repeats)
+    warmup = a.warmup if a.warmup is not None else (2 if a.quick else 5)
+    repeats = a.repeats if a.repeats is not None else (5 if a.quick else 20)
 
     accelerator = build_accelerator(cfg)
     device = accelerator.device
@@ -104,4 +105,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -110,6 +110,10 @@ class AdaBelief(Optimizer):
                 state["step"] = torch.zeros((), dtype=torch.float32)
                 state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 state["exp_avg_var"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            if state["step"].device.type != "cpu":
+                # A wrapper that moved the whole state to the GPU (Accelerate does on load)
+                # would make every .item() below a device sync.
+                state["step"] = state["step"].cpu()
             state["step"] += 1
             params.append(p)
             grads.append(p.grad)

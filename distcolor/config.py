@@ -23,6 +23,7 @@ from pydantic import (
 )
 
 from distcolor.errors import ConfigError
+from distcolor.sizes import smallest_patchgan_input, unet_multiple
 
 
 class _Loader(yaml.SafeLoader):
@@ -237,7 +238,11 @@ class Config(Section):
     @model_validator(mode="after")
     def _decay_within_run(self) -> Config:
         start = self.train.lr_decay_start
-        if start is not None and start >= self.train.max_steps:
+        if (
+            self.train.lr_schedule == "linear_decay"
+            and start is not None
+            and (start >= self.train.max_steps)
+        ):
             raise ValueError(
                 f"train.lr_decay_start: {start} must be below train.max_steps = "
                 f"{self.train.max_steps}"
@@ -246,11 +251,18 @@ class Config(Section):
 
     @model_validator(mode="after")
     def _sizes_fit_networks(self) -> Config:
-        multiple = 2**self.model.generator.depth
-        if self.data.image_size % multiple:
+        size, depth = self.data.image_size, self.model.generator.depth
+        if size % unet_multiple(depth):
             raise ValueError(
-                f"data.image_size: {self.data.image_size} is not divisible by "
-                f"2**model.generator.depth = {multiple}"
+                f"data.image_size: {size} is not divisible by 2**model.generator.depth = "
+                f"{unet_multiple(depth)}"
+            )
+        layers = self.model.discriminator.layers
+        if size < smallest_patchgan_input(layers):
+            raise ValueError(
+                f"data.image_size: {size} px is too small for a {layers}-layer discriminator "
+                f"(model.discriminator.layers = {layers} needs >= "
+                f"{smallest_patchgan_input(layers)} px)"
             )
         return self
 

@@ -17,7 +17,10 @@ class GeneratorEMA:
 
     After each step: w_ema <- beta * w_ema + (1 - beta) * w, with beta = 0.5 ** (images in
     the step / half-life in images), the half-life capped at `rampup` x images seen so far
-    (StyleGAN2-ADA's formula). Buffers (batch-norm statistics) are copied, not averaged.
+    (StyleGAN2-ADA's formula). Buffers (batch-norm statistics) are copied, not averaged:
+    the average is evaluated with the live generator's running statistics, which were
+    measured with the live weights. StyleGAN2's generator has no batch norm; with pix2pix's
+    it is an approximation that the held-out scores in benchmarks/RESULTS.md show to help.
     """
 
     def __init__(self, generator: nn.Module, *, half_life: float, rampup: float | None) -> None:

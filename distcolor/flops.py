@@ -15,13 +15,16 @@ from distcolor.config import Config
 from distcolor.losses import GANObjective
 from distcolor.models import build_models
 
-# Dense bf16/fp16 tensor-core peak per GPU (vendor data sheets), by a name fragment.
+# Dense bf16/fp16 tensor-core peak per GPU (vendor data sheets), by a name fragment; the
+# first fragment found in the device name wins, so longer names come before their prefixes.
 _PEAK_FLOPS = (
     ("H200", 989.4e12),
     ("H100 PCIe", 756.0e12),
+    ("H100 NVL", 835.5e12),
     ("H100", 989.4e12),  # SXM / HBM3
     ("A100", 312.0e12),
     ("L40S", 362.1e12),
+    ("L40", 181.0e12),
     ("L4", 121.0e12),
     ("A10G", 70.0e12),
     ("V100", 125.0e12),

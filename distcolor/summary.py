@@ -14,11 +14,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from distcolor.config import Config
 from distcolor.flops import step_flops
-from distcolor.models import PenalizedTanh, build_models
-
-
-def _params(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+from distcolor.models import PenalizedTanh, build_models, count_parameters
 
 
 def _layer_text(module: nn.Module) -> str:
@@ -79,7 +75,7 @@ def network_rows(network: nn.Module, example: torch.Tensor) -> list[dict]:
                 "block": name,
                 "layers": ", ".join(_layer_text(m) for m in block),
                 "output": shapes.get(name),
-                "params": _params(block),
+                "params": count_parameters(block),
                 "flops": flops / example.shape[0],
             }
         )
@@ -99,8 +95,8 @@ def summarise(cfg: Config) -> dict:
         "generator_rows": network_rows(generator, gray),
         "discriminator_rows": network_rows(discriminator, pairs),
         "facts": {
-            "generator_params": _params(generator),
-            "discriminator_params": _params(discriminator),
+            "generator_params": count_parameters(generator),
+            "discriminator_params": count_parameters(discriminator),
             "image_size": side,
             "batch_size": cfg.data.batch_size,
             **flops,

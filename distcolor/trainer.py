@@ -40,8 +40,7 @@ from distcolor.errors import UserError
 from distcolor.flops import peak_flops, step_flops
 from distcolor.losses import GANObjective
 from distcolor.metrics import held_out_l1
-from distcolor.models import build_models, init_seed
-from distcolor.models.patchgan import smallest_input
+from distcolor.models import build_models, count_parameters, init_seed
 from distcolor.optim import build_optimizers, set_learning_rates
 from distcolor.tracking import Tracker, sample_grid, trim_metrics
 
@@ -114,15 +113,6 @@ def code_version() -> str:
     except (OSError, subprocess.SubprocessError):
         commit = ""
     return f"{__version__}+{commit}" if commit else __version__
-
-
-def _check_sizes(cfg: Config) -> None:
-    layers = cfg.model.discriminator.layers
-    if cfg.data.image_size < smallest_input(layers):
-        raise UserError(
-            f"data.image_size: {cfg.data.image_size} px is too small for a {layers}-layer "
-            f"discriminator (model.discriminator.layers needs >= {smallest_input(layers)} px)"
-        )
 
 
 @torch.no_grad()
@@ -207,7 +197,6 @@ def _loader_resume(state: dict, *, rank: int, world: int, cfg: Config, log) -> L
 
 def train(cfg: Config, *, resume: bool = False) -> dict:
     """Train on `cfg`; returns the final held-out metrics (also printed and saved)."""
-    _check_sizes(cfg)
     run_dir, ckpt_dir = cfg.run_dir, cfg.run_dir / "checkpoints"
     if not resume and list_checkpoints(ckpt_dir):
         raise UserError(
@@ -229,18 +218,6 @@ def train(cfg: Config, *, resume: bool = False) -> dict:
 
     seed = init_seed(cfg)  # the same initial weights on every rank
     generator, discriminator = build_models(cfg.model, seed=seed)
-    flops = step_flops(cfg)
-    facts = {
-        "generator_params": _count(generator),
-        "discriminator_params": _count(discriminator),
-        "init_seed": seed,
-        **flops,
-    }
-    log(
-        f"generator {facts['generator_params']:,} parameters, discriminator "
-        f"{facts['discriminator_params']:,}; {flops['train_flops_per_image'] / 1e9:.2f} GFLOP "
-        f"per training image at {cfg.data.image_size} px"
-    )
     opt_g, opt_d = build_optimizers(generator, discriminator, cfg=cfg.train)
     start_step, positions = 0, LoaderState(cfg.data.num_workers)
     if resume:
@@ -250,8 +227,25 @@ def train(cfg: Config, *, resume: bool = False) -> dict:
             optimizers={"opt_g": opt_g, "opt_d": opt_d},
             log=log,
         )
+        _check_resumable(state, cfg, log)
+        seed = state.get("init_seed", seed)  # the seed that made these weights
         start_step = int(state["step"])
         positions = _loader_resume(state, rank=rank, world=world, cfg=cfg, log=log)
+    flops = step_flops(cfg, batch_size=cfg.data.batch_size)
+    facts = {
+        "generator_params": count_parameters(generator),
+        "discriminator_params": count_parameters(discriminator),
+        "init_seed": seed,
+        **flops,
+        "train_flops_per_global_step": flops["train_flops_per_step"] * world,
+    }
+    log(
+        f"generator {facts['generator_params']:,} parameters, discriminator "
+        f"{facts['discriminator_params']:,}; {flops['train_flops_per_image'] / 1e9:.2f} GFLOP "
+        f"per training image at {cfg.data.image_size} px, "
+        f"{facts['train_flops_per_global_step'] / 1e12:.3f} TFLOP per step of "
+        f"{cfg.data.batch_size} x {world} process(es)"
+    )
     if is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(config_to_yaml(cfg))
@@ -418,9 +412,31 @@ def train(cfg: Config, *, resume: bool = False) -> dict:
     return result
 
 
-def _count(module: nn.Module) -> int:
-    """Trainable parameters."""
-    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+def _check_resumable(state: dict, cfg: Config, log) -> None:
+    """Refuse a resume that cannot work; warn about model settings that changed silently
+    (activations, dropout, norms without weights: the saved weights still load)."""
+    saved = state.get("config", {})
+    before = saved.get("train", {}).get("optimizer", cfg.train.optimizer)
+    if before != cfg.train.optimizer:
+        raise UserError(
+            f"--resume: the checkpoint was trained with train.optimizer={before}; this config "
+            f"says {cfg.train.optimizer} (their states differ: start a new run to switch)"
+        )
+    changed = _changed_keys(saved.get("model", {}), cfg.model.model_dump(mode="json"), "model")
+    if changed:
+        log(f"warning: resuming with changed model settings: {', '.join(changed)}")
+
+
+def _changed_keys(before: dict, now: dict, prefix: str) -> list[str]:
+    """`prefix.key old -> new` for every differing leaf of two nested dicts."""
+    changed = []
+    for key, value in now.items():
+        old = before.get(key)
+        if isinstance(value, dict) and isinstance(old, dict):
+            changed += _changed_keys(old, value, f"{prefix}.{key}")
+        elif old != value:
+            changed.append(f"{prefix}.{key} {old} -> {value}")
+    return changed
 
 
 def _model_facts(facts: dict) -> str:

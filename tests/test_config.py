@@ -56,6 +56,11 @@ def test_synthetic_section_can_be_set_from_overrides_when_null():
             "data.image_size=48",
             "data.image_size: 48 is not divisible by 2**model.generator.depth = 64",
         ),
+        (
+            "model.discriminator.layers=6",
+            "data.image_size: 64 px is too small for a 6-layer discriminator "
+            "(model.discriminator.layers = 6 needs >= 192 px)",
+        ),
         ("run.name=a/b", "run.name: string should match pattern"),
         ("data.batch_size.x=1", "data.batch_size: is not a section"),
         ("train.max_steps", "override 'train.max_steps': expected section.key=value"),

@@ -59,7 +59,14 @@ def test_ranks_read_disjoint_data_and_none_hangs_on_uneven_shards(tmp_path, npro
 
 
 def test_two_process_gloo_run_trains_and_evaluates_across_ranks(tmp_path, tiny_shards):
-    args = tiny_overrides(tmp_path, tiny_shards, **{"train.max_steps": 3})
+    recipe = {
+        "train.max_steps": 3,
+        "train.optimizer": "adabelief",
+        "train.ema_half_life": 100,
+        "model.channels_last": "true",
+        "model.generator.up_activation": "penalized_tanh",
+    }
+    args = tiny_overrides(tmp_path, tiny_shards, **recipe)
     proc = torchrun(2, "scripts/train.py", *args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = tmp_path / "runs" / "tiny"

@@ -10,7 +10,7 @@ def net():
     return nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2))
 
 
-def test_first_update_copies_then_averages_with_the_half_life():
+def test_update_averages_with_the_half_life_and_copies_buffers():
     live = net()
     ema = GeneratorEMA(live, half_life=100.0, rampup=None)
     assert not ema.module.training and not any(p.requires_grad for p in ema.module.parameters())
@@ -25,7 +25,12 @@ def test_first_update_copies_then_averages_with_the_half_life():
 
 
 def test_rampup_caps_the_half_life_early_in_training():
-    ema = GeneratorEMA(net(), half_life=10_000.0, rampup=0.05)
+    live = net()
+    ema = GeneratorEMA(live, half_life=10_000.0, rampup=0.05)
+    with torch.no_grad():
+        live[0].weight.add_(1.0)
+    ema.update(live, images_seen=0, step_images=16)
+    assert torch.equal(ema.module[0].weight, live[0].weight)  # the first step copies
     assert ema.beta(images_seen=0, step_images=16) == 0.0  # the first step copies
     assert ema.beta(images_seen=320, step_images=16) == pytest.approx(0.5)  # 0.05 * 320 = 16
     late = ema.beta(images_seen=10**7, step_images=16)

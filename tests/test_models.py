@@ -12,14 +12,11 @@ from distcolor.models import (
     PenalizedTanh,
     UNetGenerator,
     build_models,
+    count_parameters,
 )
-from distcolor.models.patchgan import patch_output_size, smallest_input
+from distcolor.sizes import patch_output_size, smallest_patchgan_input
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def n_params(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
 
 def describe(block: nn.Module) -> list[tuple]:
@@ -57,8 +54,8 @@ def paper_models():
 
 def test_paper_config_builds_the_original_projects_parameter_counts(paper_models):
     generator, discriminator = paper_models
-    assert n_params(generator) == 54_409_858
-    assert n_params(discriminator) == 2_765_633
+    assert count_parameters(generator) == 54_409_858
+    assert count_parameters(discriminator) == 2_765_633
 
 
 def test_paper_generator_is_the_pix2pix_unet(paper_models):
@@ -128,7 +125,7 @@ def test_generator_rejects_sizes_it_cannot_downsample_with_one_clear_line():
 
 def test_discriminator_rejects_inputs_smaller_than_one_patch():
     d = PatchDiscriminator(width=8, layers=3)
-    assert smallest_input(3) == 24
+    assert smallest_patchgan_input(3) == 24
     d(torch.randn(1, 3, 24, 24))
     with pytest.raises(InputSizeError, match="3-layer PatchGAN needs at least 24 px"):
         d(torch.randn(1, 3, 16, 24))

@@ -62,4 +62,8 @@ def test_decay_start_must_fall_inside_the_run():
     from distcolor.errors import ConfigError
 
     with pytest.raises(ConfigError, match="train.lr_decay_start: 10 must be below"):
-        load_config(None, ["train.max_steps=10", "train.lr_decay_start=10"])
+        load_config(
+            None,
+            ["train.max_steps=10", "train.lr_schedule=linear_decay", "train.lr_decay_start=10"],
+        )
+    load_config(None, ["train.max_steps=10", "train.lr_decay_start=10"])  # unused: no error

@@ -10,6 +10,7 @@ import torch
 import yaml
 from PIL import Image
 
+from distcolor import trainer as trainer_module
 from distcolor.checkpoint import latest_checkpoint, load_checkpoint
 from distcolor.config import load_config
 from distcolor.distributed import build_accelerator
@@ -285,7 +286,7 @@ def test_recipe_options_train_and_resume_exactly(tmp_path, tiny_shards):
     assert all(torch.allclose(ema[k].float(), ema_b[k].float(), atol=1e-6) for k in ema)
 
 
-def test_evaluation_and_samples_use_the_averaged_generator(tmp_path, tiny_shards):
+def test_evaluation_and_samples_use_the_averaged_generator(tmp_path, tiny_shards, monkeypatch):
     from accelerate import Accelerator
 
     from distcolor.data.catalog import read_manifest, shard_list
@@ -298,6 +299,14 @@ def test_evaluation_and_samples_use_the_averaged_generator(tmp_path, tiny_shards
             tmp_path, tiny_shards, **{"train.ema_half_life": 100, "train.ema_rampup": "null"}
         ),
     )
+    sampled = []
+    real_samples = trainer_module._samples
+
+    def spy(generator, batch, device):
+        sampled.append(generator)
+        return real_samples(generator, batch, device)
+
+    monkeypatch.setattr(trainer_module, "_samples", spy)
     result = train(cfg)
     state = load_checkpoint(latest_checkpoint(cfg.run_dir / "checkpoints"))
     reset_accelerate()
@@ -314,6 +323,9 @@ def test_evaluation_and_samples_use_the_averaged_generator(tmp_path, tiny_shards
 
     assert result["l1_model"] == pytest.approx(score(state["G_ema"]), abs=1e-6)
     assert result["l1_model"] != pytest.approx(score(state["G"]), abs=1e-6)
+    assert sampled and all(g is sampled[0] for g in sampled)  # one generator for every grid
+    sampled_weights = sampled[0].state_dict()
+    assert all(torch.equal(sampled_weights[k], state["G_ema"][k]) for k in state["G_ema"])
 
 
 def test_turning_the_average_on_at_resume_starts_it_from_the_generator(
@@ -330,3 +342,22 @@ def test_turning_the_average_on_at_resume_starts_it_from_the_generator(
     )
     state = load_checkpoint(latest_checkpoint(tmp_path / "runs/tiny/checkpoints"))
     assert state["G_ema"] is not None
+
+
+def test_resume_refuses_another_optimizer_and_warns_of_changed_model_settings(
+    tmp_path, tiny_shards, capsys
+):
+    quick = {"train.max_steps": 1, "train.eval_images": 0}
+    train(load_config(None, tiny_overrides(tmp_path, tiny_shards, **quick)))
+    reset_accelerate()
+    switched = {**quick, "train.max_steps": 2, "train.optimizer": "adabelief"}
+    with pytest.raises(UserError, match="trained with train.optimizer=adam; this config says"):
+        train(load_config(None, tiny_overrides(tmp_path, tiny_shards, **switched)), resume=True)
+    reset_accelerate()
+    capsys.readouterr()
+    changed = {**quick, "train.max_steps": 2, "model.generator.dropout": 0.0}
+    train(load_config(None, tiny_overrides(tmp_path, tiny_shards, **changed)), resume=True)
+    assert (
+        "warning: resuming with changed model settings: model.generator.dropout 0.5 -> 0.0"
+        in capsys.readouterr().out
+    )

@@ -1,6 +1,6 @@
 """Networks: U-Net generator and PatchGAN discriminator, built from config."""
 
-from distcolor.models.build import build_models, init_seed
+from distcolor.models.build import build_models, count_parameters, init_seed
 from distcolor.models.layers import InputSizeError, PenalizedTanh
 from distcolor.models.patchgan import PatchDiscriminator
 from distcolor.models.unet import UNetGenerator
@@ -11,5 +11,6 @@ __all__ = [
     "PenalizedTanh",
     "UNetGenerator",
     "build_models",
+    "count_parameters",
     "init_seed",
 ]

@@ -9,6 +9,11 @@ from distcolor.models.patchgan import PatchDiscriminator
 from distcolor.models.unet import UNetGenerator
 
 
+def count_parameters(module: torch.nn.Module) -> int:
+    """Trainable parameters (the figure the original project reports)."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
 def init_seed(cfg: Config) -> int:
     """The seed of the initial weights: model.init_seed, else run.seed."""
     return cfg.model.init_seed if cfg.model.init_seed is not None else cfg.run.seed

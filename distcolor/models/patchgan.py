@@ -19,25 +19,7 @@ from distcolor.models.layers import (
     make_activation,
     make_norm,
 )
-
-
-def patch_output_size(size: int, layers: int) -> int:
-    """Side of the score grid for a `size`-pixel input.
-
-    All convs are 4x4 with padding 1: `layers` of stride 2, then 2 of stride 1."""
-    for _ in range(layers):
-        size = (size + 2 - 4) // 2 + 1
-    for _ in range(2):
-        size = size + 2 - 4 + 1
-    return size
-
-
-def smallest_input(layers: int) -> int:
-    """The smallest side a `layers`-layer PatchGAN can score."""
-    size = 1
-    while patch_output_size(size, layers) < 1:
-        size += 1
-    return size
+from distcolor.sizes import smallest_patchgan_input
 
 
 class PatchDiscriminator(nn.Module):
@@ -72,7 +54,7 @@ class PatchDiscriminator(nn.Module):
         seq.append(nn.Conv2d(width * mult, 1, 4, stride=1, padding=1))
         self.net = nn.Sequential(*seq)
         self.layers = layers
-        self.min_size = smallest_input(layers)
+        self.min_size = smallest_patchgan_input(layers)
         init_weights(self, init_std)
 
     def forward(self, lab: torch.Tensor) -> torch.Tensor:

@@ -24,6 +24,7 @@ from distcolor.models.layers import (
     make_activation,
     make_norm,
 )
+from distcolor.sizes import unet_multiple
 
 # pix2pix puts dropout in the decoder blocks between the 8x-wide ones (k >= 4) and the innermost.
 _FIRST_DROPOUT_BLOCK = 4
@@ -89,7 +90,7 @@ class UNetGenerator(nn.Module):
 
     @property
     def size_multiple(self) -> int:
-        return 2**self.depth
+        return unet_multiple(self.depth)
 
     def check_input(self, height: int, width: int) -> None:
         """Raise InputSizeError unless every down-sampling halves both sides exactly."""
