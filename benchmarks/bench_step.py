@@ -4,7 +4,7 @@
     python benchmarks/bench_step.py --config configs/paper.yaml --batch 32   # on a GPU
 
 Random (L, ab) batches already on the device, so the model alone is measured; the step is
-the trainer's own (`GANStep`, through Accelerate with the config's mixed precision).
+the trainer's own (`GANStep`: DDP wrappers, the config's mixed precision, loss scalers).
 After warm-up, each step is timed on its own (with a device sync) and the median is kept.
 Prints one JSON object as its last line: images_per_s, flops_per_s (model FLOPs from
 `distcolor.flops`), mfu where the device's peak is known, and the device.
@@ -24,8 +24,8 @@ from distcolor.cli import add_config_arguments, config_from_args, run_main
 from distcolor.distributed import build_accelerator
 from distcolor.flops import peak_flops, step_flops
 from distcolor.models import build_models
-from distcolor.optim import build_optimizers
-from distcolor.trainer import GANStep
+from distcolor.precision import Precision, resolve_precision
+from distcolor.step import GANStep
 
 
 def device_name(device: torch.device) -> str:
@@ -55,34 +55,31 @@ def main() -> None:
     accelerator = build_accelerator(cfg)
     device = accelerator.device
     generator, discriminator = build_models(cfg.model, seed=0)
-    opt_g, opt_d = build_optimizers(generator, discriminator, cfg=cfg.train)
-    generator, discriminator, opt_g, opt_d = accelerator.prepare(
-        generator, discriminator, opt_g, opt_d
-    )
-    step = GANStep.from_config(cfg, accelerator, generator, discriminator, opt_g, opt_d)
+    precision = Precision(resolve_precision(cfg.train.mixed_precision), device)
+    step = GANStep.build(cfg, accelerator, generator, discriminator, precision)
     side = cfg.data.image_size
     torch.manual_seed(0)
     lightness = torch.rand(batch, 1, side, side, device=device) * 2 - 1
     chroma = (torch.rand(batch, 2, side, side, device=device) - 0.5) * 0.6
 
     for _ in range(warmup):
-        step(lightness, chroma)
+        step([(lightness, chroma)])
     sync(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        step(lightness, chroma)
+        step([(lightness, chroma)])
         sync(device)
         times.append(time.perf_counter() - start)
     seconds = statistics.median(times)
     flops = step_flops(cfg, batch_size=batch)["train_flops_per_step"]
-    peak = peak_flops(device, cfg.train.mixed_precision, cfg.train.peak_flops)
+    peak = peak_flops(device, precision.mode, cfg.train.peak_flops)
     result = {
         "benchmark": "step",
         "device": device_name(device),
-        "mixed_precision": cfg.train.mixed_precision,
+        "mixed_precision": precision.mode,
         "channels_last": cfg.model.channels_last,
         "image_size": side,
         "batch_size": batch,

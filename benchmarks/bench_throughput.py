@@ -26,8 +26,8 @@ from distcolor.data.loader import build_train_loader
 from distcolor.data.shards import ensure_shards
 from distcolor.distributed import build_accelerator
 from distcolor.models import build_models
-from distcolor.optim import build_optimizers
-from distcolor.trainer import GANStep
+from distcolor.precision import Precision, resolve_precision
+from distcolor.step import GANStep
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -58,16 +58,15 @@ def loader_rate(shards, cfg, workers: int, batches: int) -> float:
 def train_rate(shards, cfg, steps: int) -> float:
     accelerator = build_accelerator(cfg)
     g, d = build_models(cfg.model, seed=0)
-    opt_g, opt_d = build_optimizers(g, d, cfg=cfg.train)
-    g, d, opt_g, opt_d = accelerator.prepare(g, d, opt_g, opt_d)
-    step = GANStep.from_config(cfg, accelerator, g, d, opt_g, opt_d)
+    precision = Precision(resolve_precision(cfg.train.mixed_precision), accelerator.device)
+    step = GANStep.build(cfg, accelerator, g, d, precision)
     it = recycle_batches(default_loader(shards, cfg, cfg.data.num_workers))
     device = accelerator.device
     for _ in range(3):  # warm-up
-        step(*lab_inputs(next(it), device))
+        step([lab_inputs(next(it), device)])
     start = time.perf_counter()
     for _ in range(steps):
-        step(*lab_inputs(next(it), device))
+        step([lab_inputs(next(it), device)])
     return steps * cfg.data.batch_size / (time.perf_counter() - start)
 
 

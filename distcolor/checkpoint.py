@@ -9,7 +9,6 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.optim import Optimizer
 
 from distcolor.errors import UserError
 
@@ -56,10 +55,18 @@ def load_checkpoint(path: Path) -> dict:
         raise UserError(f"checkpoint {path} cannot be read: {reason}") from None
 
 
-def restore_latest(
-    ckpt_dir: Path, models: dict[str, nn.Module], optimizers: dict[str, Optimizer], log=print
-) -> dict:
-    """Load the newest readable checkpoint into models and optimizers; returns its state.
+def load_parts(state: dict, parts: dict, path: Path) -> None:
+    """`part.load_state_dict(state[key])` for each part; a mismatch is one clear line."""
+    try:
+        for key, part in parts.items():
+            part.load_state_dict(state[key])
+    except (RuntimeError, KeyError, ValueError) as err:
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise UserError(f"--resume: {path} does not fit this config ({reason})") from None
+
+
+def restore_latest(ckpt_dir: Path, models: dict[str, nn.Module], log=print) -> tuple[dict, Path]:
+    """Load the newest readable checkpoint into `models`; returns its state and path.
 
     An unreadable newest checkpoint (a crash mid-copy, a full disk) falls back to the one
     before it rather than losing the run.
@@ -73,13 +80,7 @@ def restore_latest(
         except UserError as err:
             log(f"warning: {err}; trying the previous checkpoint")
             continue
-        try:
-            for key, part in {**models, **optimizers}.items():
-                part.load_state_dict(state[key])
-        except (RuntimeError, KeyError, ValueError) as err:
-            raise UserError(
-                f"--resume: {path} does not fit this config's model ({str(err).splitlines()[0]})"
-            ) from None
+        load_parts(state, models, path)
         log(f"resuming from {path} (step {state['step']})")
-        return state
+        return state, path
     raise UserError(f"--resume: no readable checkpoint in {ckpt_dir}")

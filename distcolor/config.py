@@ -158,6 +158,9 @@ class ModelConfig(Section):
     initial weights can be rebuilt exactly (lottery-ticket rewinding)."""
     channels_last: bool = False
     """NHWC memory format for both networks and their inputs (faster convs on GPUs)."""
+    sync_batchnorm: bool = False
+    """Batch-norm statistics over the whole global batch (SyncBatchNorm, GPUs only) instead
+    of each process's own batch."""
 
 
 class TrainConfig(Section):
@@ -192,8 +195,16 @@ class TrainConfig(Section):
     peak_flops: float | None = Field(None, gt=0.0)
     """Peak FLOP/s of one device for the model-FLOP-utilisation log; default: a table of
     known GPUs (dense bf16/fp16), none on CPU."""
-    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
-    """Autocast dtype for the forward passes; losses are reduced in float32 regardless."""
+    mixed_precision: Literal["no", "bf16", "fp16"] | None = None
+    """Autocast dtype of the forward passes (fp16 adds one loss scaler per network); null:
+    what `accelerate launch --mixed_precision` chose, else no. Losses reduce in float32."""
+    grad_accum: int = Field(1, ge=1)
+    """Micro-batches of data.batch_size per optimizer step (per process)."""
+    max_grad_norm: float | None = Field(None, gt=0.0)
+    """Clip each network's gradient norm to this (null: no clipping; the norm is logged)."""
+    max_bad_steps: int = Field(20, ge=1)
+    """Stop after this many consecutive steps whose loss or gradients were not finite
+    (each such step is skipped; fp16 overflows early in a run are normal)."""
 
     @field_validator("mixed_precision", mode="before")
     @classmethod

@@ -14,9 +14,11 @@ from distcolor.config import Config
 
 def build_accelerator(cfg: Config) -> Accelerator:
     # Our loader is never passed to prepare() (each rank reads its own shards), but keep
-    # dispatch_batches off so no code path ever makes rank 0 read for everyone.
+    # dispatch_batches off so no code path ever makes rank 0 read for everyone. Mixed
+    # precision is ours (distcolor/precision.py): Accelerate's would wrap the forwards in
+    # autocast and share one GradScaler between the two networks.
     return Accelerator(
-        mixed_precision=cfg.train.mixed_precision,
+        mixed_precision="no",
         dataloader_config=DataLoaderConfiguration(dispatch_batches=False),
     )
 

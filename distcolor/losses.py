@@ -32,10 +32,22 @@ def _towards(scores: torch.Tensor, target: float, kind: str) -> torch.Tensor:
 
 
 def d_loss(real_scores: torch.Tensor, fake_scores: torch.Tensor, kind: str) -> dict:
-    """Discriminator loss: 0.5 * (loss(real, 1) + loss(fake, 0)), with its two parts."""
+    """Discriminator loss: 0.5 * (loss(real, 1) + loss(fake, 0)), with its two parts, and
+    D's mean output on each (its score, or for vanilla its probability of "real")."""
     real = _towards(real_scores, 1.0, kind)
     fake = _towards(fake_scores, 0.0, kind)
-    return {"total": 0.5 * (real + fake), "real": real, "fake": fake}
+    with torch.no_grad():
+        out_real, out_fake = (
+            (s.float().mean() if kind == "lsgan" else torch.sigmoid(s.float()).mean())
+            for s in (real_scores, fake_scores)
+        )
+    return {
+        "total": 0.5 * (real + fake),
+        "real": real,
+        "fake": fake,
+        "out_real": out_real,
+        "out_fake": out_fake,
+    }
 
 
 def g_adversarial_loss(fake_scores: torch.Tensor, kind: str) -> torch.Tensor:

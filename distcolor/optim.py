@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from distcolor.adabelief import AdaBelief
 from distcolor.config import TrainConfig
@@ -29,15 +28,6 @@ def make_optimizer(params, *, lr: float, cfg: TrainConfig) -> torch.optim.Optimi
     if wd and cfg.decoupled_weight_decay:
         return torch.optim.AdamW(params, lr=lr, betas=betas, eps=eps, weight_decay=wd)
     return torch.optim.Adam(params, lr=lr, betas=betas, eps=eps, weight_decay=wd)
-
-
-def build_optimizers(
-    generator: nn.Module, discriminator: nn.Module, *, cfg: TrainConfig
-) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer]:
-    """One optimizer per network (pix2pix: Adam, lr 2e-4, betas (0.5, 0.999))."""
-    opt_g = make_optimizer(generator.parameters(), lr=cfg.lr_g, cfg=cfg)
-    opt_d = make_optimizer(discriminator.parameters(), lr=cfg.lr_d, cfg=cfg)
-    return opt_g, opt_d
 
 
 def lr_factor(step: int, cfg: TrainConfig) -> float:

@@ -4,8 +4,9 @@
     D step: D(L, ab) -> 1, D(L, fake.detach()) -> 0          (LSGAN)
     G step: D(L, fake) -> 1  +  l1_weight * |fake - ab|      (D's weights frozen)
 
-Both models and both optimizers go through `accelerator.prepare` (DDP when several
-processes run); the data loader does not (each rank reads its own shards).
+Both models go through `accelerator.prepare` (DDP when several processes run); the
+optimizers, loss scalers and the step itself are `distcolor/step.py`'s; the data loader
+is never prepared (each rank reads its own shards).
 """
 
 from __future__ import annotations
@@ -21,7 +22,13 @@ from accelerate.utils import gather_object
 from torch import nn
 
 from distcolor import __version__
-from distcolor.checkpoint import list_checkpoints, restore_latest, save_checkpoint
+from distcolor.checkpoint import (
+    latest_checkpoint,
+    list_checkpoints,
+    load_parts,
+    restore_latest,
+    save_checkpoint,
+)
 from distcolor.color import lab_inputs
 from distcolor.config import Config, config_to_yaml
 from distcolor.data.batching import recycle_batches
@@ -38,66 +45,14 @@ from distcolor.distributed import (
 from distcolor.ema import GeneratorEMA
 from distcolor.errors import UserError
 from distcolor.flops import peak_flops, step_flops
-from distcolor.losses import GANObjective
 from distcolor.metrics import held_out_l1
 from distcolor.models import build_models, count_parameters, init_seed
-from distcolor.optim import build_optimizers, set_learning_rates
+from distcolor.optim import set_learning_rates
+from distcolor.precision import Precision, resolve_precision
+from distcolor.step import GANStep
 from distcolor.tracking import Tracker, sample_grid, trim_metrics
 
 SAMPLE_IMAGES = 8  # columns of the sample grid
-
-
-class GANStep:
-    """One training step of both models; returns the detached losses.
-
-    D step on (real, fake.detach()), then G step with D's parameters frozen: they stop
-    requiring grad, so G's backward neither fills D's .grad nor fires D's DDP all-reduce.
-    """
-
-    def __init__(
-        self,
-        accelerator: Accelerator,
-        generator: nn.Module,
-        discriminator: nn.Module,
-        opt_g: torch.optim.Optimizer,
-        opt_d: torch.optim.Optimizer,
-        objective: GANObjective,
-        *,
-        channels_last: bool = False,
-    ) -> None:
-        self.accelerator = accelerator
-        self.G, self.D, self.opt_g, self.opt_d = generator, discriminator, opt_g, opt_d
-        self.objective = objective
-        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-
-    @classmethod
-    def from_config(cls, cfg: Config, accelerator: Accelerator, G, D, opt_g, opt_d) -> GANStep:
-        objective = GANObjective(gan_loss=cfg.train.gan_loss, l1_weight=cfg.train.l1_weight)
-        return cls(
-            accelerator, G, D, opt_g, opt_d, objective, channels_last=cfg.model.channels_last
-        )
-
-    def __call__(self, lightness: torch.Tensor, chroma: torch.Tensor) -> dict[str, torch.Tensor]:
-        lightness = lightness.contiguous(memory_format=self.memory_format)
-        chroma = chroma.contiguous(memory_format=self.memory_format)
-        fake = self.G(lightness)  # (B, 2, H, W)
-
-        self.D.requires_grad_(True)
-        d = self.objective.discriminator(self.D, lightness, chroma, fake)
-        self.opt_d.zero_grad(set_to_none=True)
-        self.accelerator.backward(d["total"])
-        self.opt_d.step()
-
-        self.D.requires_grad_(False)
-        g = self.objective.generator(self.D, lightness, chroma, fake)
-        self.opt_g.zero_grad(set_to_none=True)
-        self.accelerator.backward(g["total"])
-        self.opt_g.step()
-        self.D.requires_grad_(True)
-
-        losses = {f"loss/D/{k}": v for k, v in d.items()}
-        losses.update({f"loss/G/{k}": v for k, v in g.items()})
-        return {k: v.detach() for k, v in losses.items()}
 
 
 def code_version() -> str:
@@ -218,14 +173,12 @@ def train(cfg: Config, *, resume: bool = False) -> dict:
 
     seed = init_seed(cfg)  # the same initial weights on every rank
     generator, discriminator = build_models(cfg.model, seed=seed)
-    opt_g, opt_d = build_optimizers(generator, discriminator, cfg=cfg.train)
+    if cfg.model.sync_batchnorm:
+        generator, discriminator = _sync_batchnorm(generator, discriminator, accelerator, world)
     start_step, positions = 0, LoaderState(cfg.data.num_workers)
     if resume:
-        state = restore_latest(
-            ckpt_dir,
-            models={"G": generator, "D": discriminator},
-            optimizers={"opt_g": opt_g, "opt_d": opt_d},
-            log=log,
+        state, ckpt_path = restore_latest(
+            ckpt_dir, models={"G": generator, "D": discriminator}, log=log
         )
         _check_resumable(state, cfg, log)
         seed = state.get("init_seed", seed)  # the seed that made these weights
@@ -246,6 +199,13 @@ def train(cfg: Config, *, resume: bool = False) -> dict:
         f"{facts['train_flops_per_global_step'] / 1e12:.3f} TFLOP per step of "
         f"{cfg.data.batch_size} x {world} process(es)"
     )
+    data, tc = cfg.data, cfg.train
+    precision = Precision(resolve_precision(tc.mixed_precision), accelerator.device)
+    step_fn = GANStep.build(cfg, accelerator, generator, discriminator, precision)
+    if resume:
+        load_parts(state, {"steps": step_fn}, ckpt_path)
+    generator, discriminator = step_fn.G, step_fn.D
+    opt_g, opt_d = step_fn.optimizers
     if is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(config_to_yaml(cfg))
@@ -253,15 +213,8 @@ def train(cfg: Config, *, resume: bool = False) -> dict:
         if resume:
             trim_metrics(run_dir, start_step)
 
-    generator, discriminator, opt_g, opt_d = accelerator.prepare(
-        generator, discriminator, opt_g, opt_d
-    )
-    if resume and accelerator.scaler is not None and state.get("scaler"):
-        accelerator.scaler.load_state_dict(state["scaler"])  # fp16 loss scale, for exactness
     # For rank-local forwards (samples, evaluation) that must not run DDP's collectives.
     plain_generator = accelerator.unwrap_model(generator)
-    data, tc = cfg.data, cfg.train
-    step_fn = GANStep.from_config(cfg, accelerator, generator, discriminator, opt_g, opt_d)
     ema = None
     if tc.ema_half_life is not None:
         ema = GeneratorEMA(plain_generator, half_life=tc.ema_half_life, rampup=tc.ema_rampup)
@@ -269,7 +222,7 @@ def train(cfg: Config, *, resume: bool = False) -> dict:
             _resume_ema(ema, state, log)
     # Samples and evaluation use the averaged generator when there is one.
     sampler = ema.module if ema is not None else plain_generator
-    peak = peak_flops(accelerator.device, tc.mixed_precision, tc.peak_flops)
+    peak = peak_flops(accelerator.device, precision.mode, tc.peak_flops)
     loader = build_train_loader(
         train_shards,
         image_size=data.image_size,
@@ -304,24 +257,36 @@ def train(cfg: Config, *, resume: bool = False) -> dict:
     ) as tracker:
         tracker.log_text("model", _model_facts(facts), start_step)
         batches = recycle_batches(loader)  # each batch is converted on arrival
-        step_images = data.batch_size * world
+        step_images = data.batch_size * tc.grad_accum * world
         t_last, step_last = time.perf_counter(), start_step
+        waited = computed = 0.0  # seconds since the last log: waiting for data, the rest
+        bad_steps = 0
         for step in range(start_step + 1, tc.max_steps + 1):
-            batch = next(batches)
-            positions.update(batch)
+            t0 = time.perf_counter()
+            micro = []
+            for _ in range(tc.grad_accum):
+                batch = next(batches)
+                positions.update(batch)
+                micro.append(lab_inputs(batch, device))
+            t1 = time.perf_counter()
             torch.manual_seed(step_seed(cfg.run.seed, step, rank))
             set_learning_rates(opt_g, opt_d, step, tc)
-            losses = step_fn(*lab_inputs(batch, device))
+            metrics = step_fn(micro)
             if ema is not None:
                 ema.update(
                     plain_generator, images_seen=(step - 1) * step_images, step_images=step_images
                 )
+            waited, computed = waited + t1 - t0, computed + time.perf_counter() - t1
+            bad_steps = 0 if metrics["stepped/G"] and metrics["stepped/D"] else bad_steps + 1
+            if bad_steps >= tc.max_bad_steps:
+                raise UserError(_diverged_message(step, bad_steps, ckpt_dir))
 
             if step % tc.log_every == 0 or step == tc.max_steps:
                 now = time.perf_counter()
-                images_per_s = (step - step_last) * step_images / (now - t_last)
+                steps_done = step - step_last
+                images_per_s = steps_done * step_images / (now - t_last)
                 t_last, step_last = now, step
-                scalars = {k: v.item() for k, v in losses.items()}
+                scalars = {k: v.item() for k, v in metrics.items() if not k.startswith("stepped/")}
                 skipped = _total(accelerator, positions.skipped)
                 mix = _mix(accelerator, positions, sources)
                 scalars.update({f"data/mix/{name}": share for name, share in mix.items()})
@@ -331,9 +296,17 @@ def train(cfg: Config, *, resume: bool = False) -> dict:
                         "lr/D": opt_d.param_groups[0]["lr"],
                         "perf/images_per_s": images_per_s,
                         "perf/tflop_per_s": images_per_s * flops["train_flops_per_image"] / 1e12,
+                        "perf/data_wait_s_per_step": waited / steps_done,
+                        "perf/compute_s_per_step": computed / steps_done,
                         "data/skipped": float(skipped),
+                        "steps/skipped_G": float(step_fn.update_g.skipped),
+                        "steps/skipped_D": float(step_fn.update_d.skipped),
                     }
                 )
+                waited = computed = 0.0
+                for name, update in (("G", step_fn.update_g), ("D", step_fn.update_d)):
+                    if update.loss_scale() is not None:
+                        scalars[f"amp/loss_scale_{name}"] = update.loss_scale()
                 if peak is not None:  # model FLOP utilisation of all devices together
                     scalars["perf/mfu"] = (
                         images_per_s * flops["train_flops_per_image"] / (peak * world)
@@ -358,7 +331,12 @@ def train(cfg: Config, *, resume: bool = False) -> dict:
             if step % tc.ckpt_every == 0 or step == tc.max_steps:
                 # Every rank's loader position goes into rank 0's checkpoint (a collective).
                 loader_states = gather_object([positions.state_dict()])
-                if is_main:
+                nets = [plain_generator, discriminator] + ([ema.module] if ema else [])
+                if is_main and not _all_finite(nets):
+                    # Batch-norm statistics can turn non-finite even when every bad update
+                    # was skipped; never let such a state replace a good checkpoint.
+                    log(f"warning: step {step}: non-finite weights or statistics; not saved")
+                elif is_main:
                     save_checkpoint(
                         {
                             "step": step,
@@ -366,16 +344,12 @@ def train(cfg: Config, *, resume: bool = False) -> dict:
                             "G": plain_generator.state_dict(),
                             "G_ema": ema.state_dict() if ema is not None else None,
                             "D": accelerator.unwrap_model(discriminator).state_dict(),
-                            "opt_g": opt_g.state_dict(),
-                            "opt_d": opt_d.state_dict(),
+                            "steps": step_fn.state_dict(),
                             "loader": loader_states,
                             "config": cfg.model_dump(mode="json"),
                             "code_version": version,
                             "world_size": world,
                             "data_order": data_order(cfg, world),
-                            "scaler": (
-                                accelerator.scaler.state_dict() if accelerator.scaler else None
-                            ),
                         },
                         ckpt_dir,
                         step=step,
@@ -410,6 +384,36 @@ def train(cfg: Config, *, resume: bool = False) -> dict:
     del batches, loader, step_fn, generator, discriminator, opt_g, opt_d
     shutdown(accelerator)
     return result
+
+
+def _sync_batchnorm(generator, discriminator, accelerator: Accelerator, world: int):
+    """Both networks with SyncBatchNorm: statistics over the global batch."""
+    if world > 1 and accelerator.device.type == "cpu":
+        raise UserError(
+            "model.sync_batchnorm: PyTorch's SyncBatchNorm runs on GPUs only; set it to false "
+            "for CPU runs"
+        )
+    convert = nn.SyncBatchNorm.convert_sync_batchnorm
+    return convert(generator), convert(discriminator)
+
+
+def _all_finite(modules: list[nn.Module]) -> bool:
+    return all(
+        bool(torch.isfinite(t).all())
+        for m in modules
+        for t in [*m.parameters(), *m.buffers()]
+        if t.is_floating_point()
+    )
+
+
+def _diverged_message(step: int, bad: int, ckpt_dir: Path) -> str:
+    last = latest_checkpoint(ckpt_dir)
+    where = f"the last good checkpoint is {last}" if last else "no checkpoint was written yet"
+    return (
+        f"training diverged: {bad} consecutive steps (to step {step}) had non-finite losses or "
+        f"gradients and were skipped (train.max_bad_steps); {where}. Resume from it with a "
+        "lower train.lr_g / train.lr_d, train.max_grad_norm, or train.mixed_precision=bf16"
+    )
 
 
 def _check_resumable(state: dict, cfg: Config, log) -> None:

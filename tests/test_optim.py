@@ -4,12 +4,15 @@ from torch import nn
 
 from distcolor.adabelief import AdaBelief
 from distcolor.config import load_config
-from distcolor.optim import build_optimizers, lr_factor, set_learning_rates
+from distcolor.optim import lr_factor, make_optimizer, set_learning_rates
 
 
 def optimizers(*overrides):
     cfg = load_config(None, list(overrides))
-    return build_optimizers(nn.Linear(3, 2), nn.Linear(2, 1), cfg=cfg.train), cfg.train
+    tc = cfg.train
+    opt_g = make_optimizer(nn.Linear(3, 2).parameters(), lr=tc.lr_g, cfg=tc)
+    opt_d = make_optimizer(nn.Linear(2, 1).parameters(), lr=tc.lr_d, cfg=tc)
+    return (opt_g, opt_d), tc
 
 
 def test_adam_with_pix2pix_defaults():

@@ -16,8 +16,9 @@ from distcolor.config import load_config
 from distcolor.distributed import build_accelerator
 from distcolor.errors import UserError
 from distcolor.models import build_models
-from distcolor.optim import build_optimizers
-from distcolor.trainer import GANStep, train
+from distcolor.precision import Precision
+from distcolor.step import GANStep
+from distcolor.trainer import train
 from tests.conftest import reset_accelerate, tiny_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,12 +36,10 @@ def test_one_step_changes_both_models():
     )
     accelerator = build_accelerator(cfg)
     g, d = build_models(cfg.model, seed=0)
-    opt_g, opt_d = build_optimizers(g, d, cfg=cfg.train)
-    g, d, opt_g, opt_d = accelerator.prepare(g, d, opt_g, opt_d)
     before_g = [p.detach().clone() for p in g.parameters()]
     before_d = [p.detach().clone() for p in d.parameters()]
-    step = GANStep.from_config(cfg, accelerator, g, d, opt_g, opt_d)
-    losses = step(torch.rand(4, 1, 32, 32) * 2 - 1, torch.rand(4, 2, 32, 32) - 0.5)
+    step = GANStep.build(cfg, accelerator, g, d, Precision("no", accelerator.device))
+    losses = step([(torch.rand(4, 1, 32, 32) * 2 - 1, torch.rand(4, 2, 32, 32) - 0.5)])
     assert all(torch.isfinite(v) for v in losses.values())
     changed_g = [not torch.equal(a, b) for a, b in zip(before_g, g.parameters(), strict=True)]
     changed_d = [not torch.equal(a, b) for a, b in zip(before_d, d.parameters(), strict=True)]
@@ -60,7 +59,7 @@ def test_run_writes_config_checkpoints_tensorboard_samples(tmp_path, tiny_shards
     ]
     state = load_checkpoint(latest_checkpoint(run / "checkpoints"))
     assert state["step"] == 3 and state["config"] == cfg.model_dump(mode="json")
-    assert {"G", "D", "opt_g", "opt_d", "code_version"} <= state.keys()
+    assert {"G", "D", "steps", "code_version"} <= state.keys()
     assert any(p.name.startswith("events.out.tfevents") for p in (run / "tb").iterdir())
     assert sorted(p.name for p in (run / "samples").iterdir()) == [
         "step-00000002.png",
@@ -263,7 +262,8 @@ def test_recipe_options_train_and_resume_exactly(tmp_path, tiny_shards):
     assert facts["init_seed"] == 7 and facts["train_flops_per_image"] > 0
     state = load_checkpoint(latest_checkpoint(straight.run_dir / "checkpoints"))
     assert state["init_seed"] == 7
-    assert "exp_avg_var" in next(iter(state["opt_g"]["state"].values()))  # AdaBelief's state
+    opt_g = state["steps"]["update_G"]["optimizer"]
+    assert "exp_avg_var" in next(iter(opt_g["state"].values()))  # AdaBelief's state
     ema, live = state["G_ema"], state["G"]
     assert ema.keys() == live.keys()
     assert any(not torch.equal(ema[k], live[k]) for k in live if k.endswith("weight"))
