@@ -1,10 +1,21 @@
-"""Checkpoints: atomic save, keep the last N, find the latest, load without unpickling code,
-restore into models and optimizers (falling back past unreadable files)."""
+"""Checkpoints: one folder per step, written atomically, pruned, found and loaded safely.
+
+    checkpoints/step-00001000/
+        state.pt      models, optimizers, scalers, EMA, step, every rank's RNG and loader
+                      position, config (tensors and plain containers: no code)
+        COMPLETE      written last; a folder without it is never loaded
+
+A checkpoint is written into a hidden temporary folder, the marker goes in last, and the
+folder is renamed into place, so a crash or a pre-emption mid-write leaves nothing that
+looks complete (the same rule as PyTorch's distributed checkpoint and its `.metadata`).
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import shutil
 from pathlib import Path
 
 import torch
@@ -12,20 +23,29 @@ from torch import nn
 
 from distcolor.errors import UserError
 
-_NAME = re.compile(r"^step-(\d{8})\.pt$")
+_NAME = re.compile(r"^step-(\d{8})$")
+STATE, MARKER = "state.pt", "COMPLETE"
 
 
 def checkpoint_path(directory: Path, step: int) -> Path:
-    return Path(directory) / f"step-{step:08d}.pt"
+    return Path(directory) / f"step-{step:08d}"
+
+
+def checkpoint_step(path: Path) -> int:
+    return int(_NAME.match(Path(path).name).group(1))
+
+
+def is_complete(path: Path) -> bool:
+    return (Path(path) / MARKER).is_file()
 
 
 def list_checkpoints(directory: Path) -> list[Path]:
-    """Finished checkpoints, oldest first (temporary files never match)."""
+    """Complete checkpoint folders, oldest first (temporary and partial ones never match)."""
     directory = Path(directory)
     if not directory.is_dir():
         return []
-    found = [p for p in directory.iterdir() if _NAME.match(p.name)]
-    return sorted(found, key=lambda p: int(_NAME.match(p.name).group(1)))
+    found = [p for p in directory.iterdir() if _NAME.match(p.name) and is_complete(p)]
+    return sorted(found, key=checkpoint_step)
 
 
 def latest_checkpoint(directory: Path) -> Path | None:
@@ -33,23 +53,53 @@ def latest_checkpoint(directory: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def save_checkpoint(state: dict, directory: Path, *, step: int, keep_last: int) -> Path:
-    """Write `state` as step-NNNNNNNN.pt via a temporary file + rename, then prune old ones."""
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(
+    state: dict, directory: Path, *, step: int, keep_last: int, keep_every: int | None = None
+) -> Path:
+    """Write `state` as step-NNNNNNNN/ (temp folder, data, marker, rename), then prune."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    path = checkpoint_path(directory, step)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)  # a crash mid-write leaves the previous checkpoint intact
+    final = checkpoint_path(directory, step)
+    for stale in directory.glob(".step-*.tmp"):  # left by a crash mid-write: never complete
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = directory / f".{final.name}.tmp"
+    tmp.mkdir()
+    torch.save(state, tmp / STATE)
+    _fsync(tmp / STATE)  # the data is on disk before the marker says so
+    (tmp / MARKER).write_text(json.dumps({"step": step, "files": [STATE]}) + "\n")
+    _fsync(tmp / MARKER)
+    if final.exists():  # the same step again (a resumed run's end): replace it
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _fsync(directory)
+    prune_checkpoints(directory, keep_last=keep_last, keep_every=keep_every)
+    return final
+
+
+def prune_checkpoints(directory: Path, *, keep_last: int, keep_every: int | None) -> None:
+    """Delete complete checkpoints older than the newest `keep_last`, except every
+    `keep_every`-th step's."""
     for old in list_checkpoints(directory)[:-keep_last]:
-        old.unlink()
-    return path
+        if keep_every is None or checkpoint_step(old) % keep_every:
+            shutil.rmtree(old)
 
 
 def load_checkpoint(path: Path) -> dict:
     """Load tensors and plain containers only (weights_only): a checkpoint cannot run code."""
+    path = Path(path)
+    if path.is_dir() and not is_complete(path):
+        raise UserError(f"checkpoint {path} is incomplete (no {MARKER} marker)")
+    file = path / STATE if path.is_dir() else path
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(file, map_location="cpu", weights_only=True)
     except Exception as err:  # a damaged file can fail anywhere in the unpickler
         reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise UserError(f"checkpoint {path} cannot be read: {reason}") from None
@@ -65,16 +115,11 @@ def load_parts(state: dict, parts: dict, path: Path) -> None:
         raise UserError(f"--resume: {path} does not fit this config ({reason})") from None
 
 
-def restore_latest(ckpt_dir: Path, models: dict[str, nn.Module], log=print) -> tuple[dict, Path]:
-    """Load the newest readable checkpoint into `models`; returns its state and path.
-
-    An unreadable newest checkpoint (a crash mid-copy, a full disk) falls back to the one
-    before it rather than losing the run.
-    """
-    found = list_checkpoints(ckpt_dir)
-    if not found:
-        raise UserError(f"--resume: no checkpoint in {ckpt_dir}")
-    for path in reversed(found):
+def restore(candidates: list[Path], models: dict[str, nn.Module], log=print) -> tuple[dict, Path]:
+    """Load the newest readable of `candidates` (oldest first) into `models`; returns its
+    state and path. An unreadable newest checkpoint (a damaged disk, a bad copy) falls
+    back to the one before it rather than losing the run."""
+    for path in reversed(candidates):
         try:
             state = load_checkpoint(path)
         except UserError as err:
@@ -83,4 +128,4 @@ def restore_latest(ckpt_dir: Path, models: dict[str, nn.Module], log=print) -> t
         load_parts(state, models, path)
         log(f"resuming from {path} (step {state['step']})")
         return state, path
-    raise UserError(f"--resume: no readable checkpoint in {ckpt_dir}")
+    raise UserError(f"--resume: no readable checkpoint among {[str(p) for p in candidates]}")

@@ -219,7 +219,12 @@ class TrainConfig(Section):
     ckpt_every: int = Field(100, ge=1)
     """Steps between checkpoints; one is always written at the end."""
     keep_last: int = Field(3, ge=1)
-    """Checkpoints kept on disk (oldest deleted first)."""
+    """Newest checkpoints kept on disk (older ones are deleted, except train.keep_every's)."""
+    keep_every: int | None = Field(None, ge=1)
+    """Also keep every checkpoint whose step is a multiple of this (null: none), for
+    looking back at a long run."""
+    hist_every: int = Field(500, ge=1)
+    """Steps between histograms (weights, predicted vs real chroma) and colourfulness logs."""
     eval_images: int = Field(512, ge=0)
     """Held-out images scored at the end of the run (0 turns the final evaluation off)."""
 

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import gc
 
+import torch
 import torch.distributed as dist
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration
 from torch import nn
 
 from distcolor.config import Config
+from distcolor.errors import UserError
+
+_INT_OF_SIZE = {2: torch.int16, 4: torch.int32, 8: torch.int64}
 
 
 def build_accelerator(cfg: Config) -> Accelerator:
@@ -58,3 +62,43 @@ def shutdown(accelerator: Accelerator) -> None:
     gc.collect()
     accelerator.wait_for_everyone()
     accelerator.end_training()
+
+
+def parameter_checksum(module: nn.Module) -> torch.Tensor:
+    """An int64 fingerprint of `module`'s parameters, bit-exact and cheap: the sum of their
+    bit patterns read as integers (integer addition is exact in any order, so equal
+    parameters always give equal sums and one flipped bit changes it). On the device."""
+    total = None
+    for p in module.parameters():
+        bits = p.detach().reshape(-1).view(_INT_OF_SIZE[p.element_size()]).sum(dtype=torch.int64)
+        total = bits if total is None else total + bits
+    return total if total is not None else torch.zeros((), dtype=torch.int64)
+
+
+def check_replicas(modules: dict[str, nn.Module], *, step: int, device: torch.device) -> None:
+    """Stop the run if any rank's parameters differ from rank 0's (a collective).
+
+    Data parallel replicas must stay bit-identical; a difference (a rank that skipped a step
+    alone, a non-deterministic collective, a bad GPU) would otherwise be averaged in silently.
+    Batch-norm statistics are local by design and not compared."""
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return
+    mine = torch.stack([parameter_checksum(m).to(device) for m in modules.values()])
+    every = [torch.empty_like(mine) for _ in range(dist.get_world_size())]
+    dist.all_gather(every, mine)
+    every = torch.stack(every).cpu()
+    differ = {
+        name: [r for r in range(len(every)) if every[r, i] != every[0, i]]
+        for i, name in enumerate(modules)
+    }
+    differ = {name: ranks for name, ranks in differ.items() if ranks}
+    if differ:
+        detail = "; ".join(f"{name} on rank(s) {ranks}" for name, ranks in differ.items())
+        raise ReplicaMismatch(
+            f"ranks diverged at step {step}: parameters differ from rank 0's ({detail}); "
+            "the run stops before saving this state. Resume from the last checkpoint"
+        )
+
+
+class ReplicaMismatch(UserError):
+    """Ranks no longer hold the same weights."""

@@ -1,11 +1,17 @@
 """What a run shows and records, on rank 0 only: progress bar, TensorBoard, metrics.jsonl, PNGs.
 
 Metric names are hierarchical (`loss/G/l1`, `loss/D/real`) so TensorBoard groups them.
+On a terminal the progress is a live rich bar (step, elapsed, ETA, the loss and
+throughput line); when stdout is not a terminal (a cluster job's log file) each logged
+step is one plain line instead: `step 120/500  elapsed 0:00:21  ETA 0:01:10  D 0.228 ...`.
+The numbers behind histograms and colour-drift curves are distcolor/monitor.py's.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
+from datetime import timedelta
 from pathlib import Path
 from types import TracebackType
 
@@ -22,6 +28,7 @@ from rich.progress import (
 )
 
 from distcolor.color import lab_to_srgb
+from distcolor.monitor import chroma_histograms, histogram
 
 
 def sample_grid(lightness: torch.Tensor, chroma: torch.Tensor, rgb: torch.Tensor) -> torch.Tensor:
@@ -46,10 +53,18 @@ def save_png(image: torch.Tensor, path: Path) -> None:
 class Tracker:
     """Progress bar + TensorBoard + JSONL for the main process; does nothing elsewhere."""
 
-    def __init__(self, run_dir: Path, *, enabled: bool, total_steps: int, start_step: int) -> None:
+    def __init__(
+        self,
+        run_dir: Path,
+        *,
+        enabled: bool,
+        total_steps: int,
+        start_step: int,
+        console: Console | None = None,
+    ) -> None:
         self.enabled = enabled
         self.run_dir = Path(run_dir)
-        self.console = Console()
+        self.console = console if console is not None else Console()
         self._writer = None
         self._progress: Progress | None = None
         if not enabled:
@@ -90,7 +105,12 @@ class Tracker:
         self._progress.update(self._task, completed=step, **fields)
         if info is not None and not self.console.is_terminal:
             # Cluster jobs write to files, where a live bar only shows at the end.
-            self.console.print(f"step {step}/{self._total}  {info}", highlight=False)
+            task = self._progress.tasks[self._task]
+            self.console.print(
+                f"step {step}/{self._total}  elapsed {_clock(task.elapsed)}  "
+                f"ETA {_clock(task.time_remaining)}  {info}",
+                highlight=False,
+            )
 
     def log_scalars(self, step: int, scalars: dict[str, float]) -> None:
         if not self.enabled:
@@ -99,6 +119,18 @@ class Tracker:
             self._writer.add_scalar(name, value, step)
         self._jsonl.write(json.dumps({"step": step, **scalars}) + "\n")
         self._jsonl.flush()
+
+    def log_histograms(self, step: int, pairs: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """(tag, values) pairs as TensorBoard histograms (binned where the values are, see
+        monitor.histogram). `pairs` may be a generator: it is not run when disabled."""
+        if not self.enabled:
+            return
+        for tag, values in pairs:
+            self._writer.add_histogram_raw(tag, global_step=step, **histogram(values))
+
+    def log_chroma(self, step: int, predicted_ab: torch.Tensor, real_ab: torch.Tensor) -> None:
+        """Histograms of predicted next to real a*, b* and chroma magnitude (CIE units)."""
+        self.log_histograms(step, chroma_histograms(predicted_ab, real_ab))
 
     def log_text(self, tag: str, text: str, step: int) -> None:
         """Markdown text in TensorBoard's Text tab (run facts that are not a curve)."""
@@ -125,6 +157,11 @@ class Tracker:
             self._writer.close()
             self._jsonl.close()
             self._writer = None
+
+
+def _clock(seconds: float | None) -> str:
+    """Seconds as rich's bar shows them (0:01:10), or -:--:-- when not known yet."""
+    return "-:--:--" if seconds is None else str(timedelta(seconds=max(0, int(seconds))))
 
 
 def trim_metrics(run_dir: Path, step: int) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -23,10 +24,11 @@ from torch import nn
 
 from distcolor import __version__
 from distcolor.checkpoint import (
+    is_complete,
     latest_checkpoint,
     list_checkpoints,
     load_parts,
-    restore_latest,
+    restore,
     save_checkpoint,
 )
 from distcolor.color import lab_inputs
@@ -38,6 +40,7 @@ from distcolor.data.shards import ensure_shards
 from distcolor.distributed import (
     broadcast_buffers,
     build_accelerator,
+    check_replicas,
     rank_and_world,
     shutdown,
     step_seed,
@@ -49,6 +52,7 @@ from distcolor.metrics import held_out_l1
 from distcolor.models import build_models, count_parameters, init_seed
 from distcolor.optim import set_learning_rates
 from distcolor.precision import Precision, resolve_precision
+from distcolor.preemption import StopRequest
 from distcolor.step import GANStep
 from distcolor.tracking import Tracker, sample_grid, trim_metrics
 
@@ -150,14 +154,19 @@ def _loader_resume(state: dict, *, rank: int, world: int, cfg: Config, log) -> L
     return positions
 
 
-def train(cfg: Config, *, resume: bool = False) -> dict:
-    """Train on `cfg`; returns the final held-out metrics (also printed and saved)."""
+def train(
+    cfg: Config, *, resume: bool | str | None = None, batches: Iterable[dict] | None = None
+) -> dict:
+    """Train on `cfg`; returns the final held-out metrics (also printed and saved).
+
+    resume: None/False starts a run; "latest" (or True) continues from the newest complete
+    checkpoint; "auto" does so if there is one and starts otherwise; any other string is
+    a checkpoint folder to continue from.
+    batches: loader-format batches (uint8 `gray` and `rgb`, plus `worker`, `position`,
+    `skipped`, `sources`) to train on instead of the shard stream (benchmarks).
+    """
     run_dir, ckpt_dir = cfg.run_dir, cfg.run_dir / "checkpoints"
-    if not resume and list_checkpoints(ckpt_dir):
-        raise UserError(
-            f"run.name: {run_dir} already holds checkpoints; pass --resume to continue that "
-            "run, or choose another run.name"
-        )
+    candidates = _resume_candidates(resume, ckpt_dir)
     accelerator = build_accelerator(cfg)
     rank, world = rank_and_world(accelerator)
     is_main = accelerator.is_main_process
@@ -176,11 +185,13 @@ def train(cfg: Config, *, resume: bool = False) -> dict:
     if cfg.model.sync_batchnorm:
         generator, discriminator = _sync_batchnorm(generator, discriminator, accelerator, world)
     start_step, positions = 0, LoaderState(cfg.data.num_workers)
+    if resume == "auto" and not candidates:
+        log(f"--resume auto: no checkpoint in {ckpt_dir} yet; starting the run")
+    resume = bool(candidates)
     if resume:
-        state, ckpt_path = restore_latest(
-            ckpt_dir, models={"G": generator, "D": discriminator}, log=log
-        )
+        state, ckpt_path = restore(candidates, models={"G": generator, "D": discriminator}, log=log)
         _check_resumable(state, cfg, log)
+        _restore_rng(state, rank, world)
         seed = state.get("init_seed", seed)  # the seed that made these weights
         start_step = int(state["step"])
         positions = _loader_resume(state, rank=rank, world=world, cfg=cfg, log=log)
@@ -223,18 +234,22 @@ def train(cfg: Config, *, resume: bool = False) -> dict:
     # Samples and evaluation use the averaged generator when there is one.
     sampler = ema.module if ema is not None else plain_generator
     peak = peak_flops(accelerator.device, precision.mode, tc.peak_flops)
-    loader = build_train_loader(
-        train_shards,
-        image_size=data.image_size,
-        batch_size=data.batch_size,
-        num_workers=data.num_workers,
-        shuffle_buffer=data.shuffle_buffer,
-        seed=cfg.run.seed,
-        rank=rank,
-        world_size=world,
-        sampling=data.sampling,
-        source_weights=data.source_weights,
-        state=positions.state_dict(),
+    loader = (
+        batches
+        if batches is not None
+        else build_train_loader(
+            train_shards,
+            image_size=data.image_size,
+            batch_size=data.batch_size,
+            num_workers=data.num_workers,
+            shuffle_buffer=data.shuffle_buffer,
+            seed=cfg.run.seed,
+            rank=rank,
+            world_size=world,
+            sampling=data.sampling,
+            source_weights=data.source_weights,
+            state=positions.state_dict(),
+        )
     )
     # The same held-out images in every sample grid, so progress is visible.
     fixed = None
@@ -252,9 +267,12 @@ def train(cfg: Config, *, resume: bool = False) -> dict:
 
     device = accelerator.device
     version = code_version()
-    with Tracker(
-        run_dir, enabled=is_main, total_steps=tc.max_steps, start_step=start_step
-    ) as tracker:
+    replicas = {"G": plain_generator, "D": accelerator.unwrap_model(discriminator)}
+    if ema is not None:
+        replicas["G_ema"] = ema.module
+    stopped_at = None
+    tracker = Tracker(run_dir, enabled=is_main, total_steps=tc.max_steps, start_step=start_step)
+    with tracker, StopRequest(log=log) as stop_request:
         tracker.log_text("model", _model_facts(facts), start_step)
         batches = recycle_batches(loader)  # each batch is converted on arrival
         step_images = data.batch_size * tc.grad_accum * world
@@ -328,9 +346,12 @@ def train(cfg: Config, *, resume: bool = False) -> dict:
             ):
                 tracker.log_samples(step, _samples(sampler, fixed, device))
 
-            if step % tc.ckpt_every == 0 or step == tc.max_steps:
-                # Every rank's loader position goes into rank 0's checkpoint (a collective).
-                loader_states = gather_object([positions.state_dict()])
+            stop = stop_request.agreed(device)
+            if step % tc.ckpt_every == 0 or step == tc.max_steps or stop:
+                # Every rank's loader position and RNG state go into rank 0's checkpoint,
+                # after every rank has checked it holds the same weights (collectives).
+                check_replicas(replicas, step=step, device=device)
+                per_rank = gather_object([{"loader": positions.state_dict(), "rng": _rng_state()}])
                 nets = [plain_generator, discriminator] + ([ema.module] if ema else [])
                 if is_main and not _all_finite(nets):
                     # Batch-norm statistics can turn non-finite even when every bad update
@@ -345,7 +366,8 @@ def train(cfg: Config, *, resume: bool = False) -> dict:
                             "G_ema": ema.state_dict() if ema is not None else None,
                             "D": accelerator.unwrap_model(discriminator).state_dict(),
                             "steps": step_fn.state_dict(),
-                            "loader": loader_states,
+                            "loader": [r["loader"] for r in per_rank],
+                            "rng": [r["rng"] for r in per_rank],
                             "config": cfg.model_dump(mode="json"),
                             "code_version": version,
                             "world_size": world,
@@ -354,15 +376,25 @@ def train(cfg: Config, *, resume: bool = False) -> dict:
                         ckpt_dir,
                         step=step,
                         keep_last=tc.keep_last,
+                        keep_every=tc.keep_every,
                     )
                 accelerator.wait_for_everyone()
+            if stop:
+                stopped_at = step
+                log(
+                    f"{stop_request.signal_name or 'signal on another rank'}: stopped at step "
+                    f"{step} with a checkpoint; continue with --resume"
+                )
+                break
 
         result = {
-            "steps": tc.max_steps,
+            "steps": stopped_at or tc.max_steps,
             "skipped_samples": _total(accelerator, positions.skipped),
             "source_mix": _mix(accelerator, positions, sources),
         }
-        if tc.eval_images > 0 and test_shards:
+        if stopped_at is not None:
+            result["stopped_by_signal"] = True
+        elif tc.eval_images > 0 and test_shards:
             # BN statistics last moved locally on each rank: evaluate rank 0's (the saved) ones.
             broadcast_buffers(sampler)
             eval_loader = build_eval_loader(
@@ -379,11 +411,54 @@ def train(cfg: Config, *, resume: bool = False) -> dict:
                 tc.max_steps,
                 {"eval/l1_model": result["l1_model"], "eval/l1_no_colour": result["l1_no_colour"]},
             )
-    if is_main:
+    if is_main and stopped_at is None:
         _report(run_dir, result)
     del batches, loader, step_fn, generator, discriminator, opt_g, opt_d
     shutdown(accelerator)
     return result
+
+
+def _resume_candidates(resume: bool | str | None, ckpt_dir: Path) -> list[Path]:
+    """The checkpoints `resume` may continue from (oldest first; restore takes the newest
+    readable one), or [] to start a new run."""
+    found = list_checkpoints(ckpt_dir)
+    partial = [p for p in ckpt_dir.glob("step-*") if p.is_dir() and not is_complete(p)]
+    if resume and partial:
+        print(f"warning: ignoring incomplete checkpoint folder(s): {', '.join(map(str, partial))}")
+    if not resume:
+        if found:
+            raise UserError(
+                f"run.name: {ckpt_dir.parent} already holds checkpoints; pass --resume to "
+                "continue that run, or choose another run.name"
+            )
+        return []
+    if resume == "auto":
+        return found
+    if resume is True or resume == "latest":
+        if not found:
+            raise UserError(f"--resume: no complete checkpoint in {ckpt_dir}")
+        return found
+    path = Path(resume)
+    if not path.is_dir() or not is_complete(path):
+        raise UserError(f"--resume: {path} is not a complete checkpoint folder")
+    return [path]
+
+
+def _rng_state() -> dict:
+    """This rank's random generators (steps reseed from (seed, step, rank) anyway; saved so
+    anything drawing outside the step, now or later, resumes exactly too)."""
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def _restore_rng(state: dict, rank: int, world: int) -> None:
+    saved = state.get("rng") or []
+    if len(saved) == world:
+        torch.set_rng_state(saved[rank]["torch"])
+        if "cuda" in saved[rank] and torch.cuda.is_available():
+            torch.cuda.set_rng_state(saved[rank]["cuda"])
 
 
 def _sync_batchnorm(generator, discriminator, accelerator: Accelerator, world: int):

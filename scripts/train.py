@@ -1,4 +1,4 @@
-"""Train a colorizer: `python scripts/train.py [--config FILE] [--resume] [section.key=value ...]`.
+"""Train a colorizer: `python scripts/train.py [--config FILE] [--resume [auto|PATH]] [k=v ...]`.
 
 Works the same under `accelerate launch scripts/train.py ...` (multi-GPU / multi-node).
 """
@@ -15,10 +15,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_config_arguments(parser)
     parser.add_argument(
-        "--resume", action="store_true", help="continue from the run's latest checkpoint"
+        "--resume",
+        nargs="?",
+        const="latest",
+        metavar="auto|PATH",
+        help="continue the run: alone, from its newest complete checkpoint (one must exist); "
+        "'auto': from it if there is one, else start (for requeued and restarted jobs); "
+        "PATH: from that checkpoint folder",
     )
     parser.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     args = parser.parse_args()
+    if args.resume and "=" in args.resume:  # `--resume key=value`: an override, not a path
+        args.overrides.insert(0, args.resume)
+        args.resume = "latest"
     cfg = config_from_args(args)
     if args.dry_run:
         print(config_to_yaml(cfg), end="")

@@ -50,3 +50,25 @@ def write_sample_shards(
     manifest = {"format": FORMAT, "splits": splits, "sources": {}, "settings": {}}
     (folder / MANIFEST).write_text(json.dumps(manifest))
     return shard_list(folder, read_manifest(folder), split)
+
+
+def assert_bitwise_equal(a, b, path="state"):
+    """Two (nested) checkpoint states hold exactly the same tensors and values."""
+    import torch
+
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype, path
+        assert torch.equal(a, b), f"{path} differs"
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), f"{path}: keys {sorted(a)} vs {sorted(b)}"
+        for key in a:
+            assert_bitwise_equal(a[key], b[key], f"{path}.{key}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            assert_bitwise_equal(x, y, f"{path}[{i}]")
+    else:
+        assert a == b, f"{path}: {a!r} vs {b!r}"
+
+
+TRAINING_STATE = ("G", "G_ema", "D", "steps")  # weights, averages, optimizers and scalers

@@ -73,7 +73,7 @@ def test_two_process_gloo_run_trains_and_evaluates_across_ranks(tmp_path, tiny_s
     result = json.loads((run / "eval.json").read_text())
     # 12 test images, split between the two ranks and summed back.
     assert result["images"] == 12
-    assert (run / "checkpoints" / "step-00000003.pt").is_file()
+    assert (run / "checkpoints" / "step-00000003" / "COMPLETE").is_file()
     # Only rank 0 writes: one line per logged step, not two.
     steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 3]

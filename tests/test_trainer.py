@@ -20,6 +20,7 @@ from distcolor.precision import Precision
 from distcolor.step import GANStep
 from distcolor.trainer import train
 from tests.conftest import reset_accelerate, tiny_overrides
+from tests.helpers import TRAINING_STATE, assert_bitwise_equal
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -54,8 +55,8 @@ def test_run_writes_config_checkpoints_tensorboard_samples(tmp_path, tiny_shards
     run = cfg.run_dir
     assert load_config(run / "config.yaml") == cfg
     assert [p.name for p in sorted((run / "checkpoints").iterdir())] == [
-        "step-00000002.pt",
-        "step-00000003.pt",
+        "step-00000002",
+        "step-00000003",
     ]
     state = load_checkpoint(latest_checkpoint(run / "checkpoints"))
     assert state["step"] == 3 and state["config"] == cfg.model_dump(mode="json")
@@ -95,9 +96,11 @@ def test_resume_continues_exactly(tmp_path, tiny_shards):
     for step in (3, 4, 5):
         for key in ("loss/D/total", "loss/G/adv", "loss/G/l1"):
             assert abs(a[step][key] - b[step][key]) < 1e-6, (step, key)
-    wa = load_checkpoint(latest_checkpoint(straight.run_dir / "checkpoints"))["G"]
-    wb = load_checkpoint(latest_checkpoint(resumed.run_dir / "checkpoints"))["G"]
-    assert all(torch.allclose(wa[k].float(), wb[k].float(), atol=1e-6) for k in wa)
+    # Bit for bit: weights, averages, both optimizers' states, RNG and loader positions.
+    sa = load_checkpoint(latest_checkpoint(straight.run_dir / "checkpoints"))
+    sb = load_checkpoint(latest_checkpoint(resumed.run_dir / "checkpoints"))
+    for key in (*TRAINING_STATE, "rng", "loader"):
+        assert_bitwise_equal(sa[key], sb[key], key)
 
 
 def run_script(*args, cwd=ROOT):
@@ -134,7 +137,7 @@ def test_cli_user_errors_are_one_line(tmp_path):
         "data.synthetic.count=20",
         "data.synthetic.shard_size=4",
     )
-    assert resume.returncode == 2 and "error: --resume: no checkpoint in" in resume.stderr
+    assert resume.returncode == 2 and "error: --resume: no complete checkpoint in" in resume.stderr
 
 
 def test_cli_builds_synthetic_shards_then_trains_and_resumes(tmp_path):
@@ -159,8 +162,8 @@ def test_cli_builds_synthetic_shards_then_trains_and_resumes(tmp_path):
     )
     assert again.returncode == 0, again.stderr
     assert "building synthetic" not in again.stdout
-    assert "resuming from" in again.stdout and "step-00000002.pt" in again.stdout
-    assert (tmp_path / "runs/tiny/checkpoints/step-00000004.pt").is_file()
+    assert "resuming from" in again.stdout and "step-00000002" in again.stdout
+    assert (tmp_path / "runs/tiny/checkpoints/step-00000004/COMPLETE").is_file()
 
 
 def test_dry_run_prints_the_resolved_config_from_any_directory(tmp_path):
@@ -178,7 +181,7 @@ def test_resume_with_a_different_model_is_a_clear_error(tmp_path, tiny_shards):
     wider = load_config(
         None, tiny_overrides(tmp_path, tiny_shards, **{"model.generator.width": 16})
     )
-    with pytest.raises(UserError, match=r"^--resume: .*step-00000001.pt does not fit"):
+    with pytest.raises(UserError, match=r"^--resume: .*step-00000001 does not fit"):
         train(wider, resume=True)
 
 
@@ -202,13 +205,13 @@ def test_unreadable_latest_checkpoint_falls_back_and_resume_stays_exact(
     train(cfg)
     before = metrics(cfg.run_dir)
     ckpts = cfg.run_dir / "checkpoints"
-    (ckpts / "step-00000005.pt").write_bytes(b"truncated by a full disk")
+    (ckpts / "step-00000005" / "state.pt").write_bytes(b"damaged on disk")
     reset_accelerate()
     capsys.readouterr()
     train(cfg, resume=True)
     out = capsys.readouterr().out
-    assert "step-00000005.pt cannot be read" in out and "trying the previous checkpoint" in out
-    assert "resuming from" in out and "step-00000004.pt (step 4)" in out
+    assert "step-00000005 cannot be read" in out and "trying the previous checkpoint" in out
+    assert "resuming from" in out and "step-00000004 (step 4)" in out
     rows = [json.loads(x)["step"] for x in (cfg.run_dir / "metrics.jsonl").read_text().splitlines()]
     assert rows == [1, 2, 3, 4, 5]  # step 5 was redone, not logged twice
     after = metrics(cfg.run_dir)
@@ -271,8 +274,8 @@ def test_recipe_options_train_and_resume_exactly(tmp_path, tiny_shards):
     # Pre-empted after step 2: the same run (same max_steps, so the same schedule) with
     # only its step-2 checkpoint left.
     shutil.copytree(straight.run_dir, tmp_path / "runs" / "resumed")
-    for late in ("step-00000004.pt", "step-00000005.pt"):
-        (tmp_path / "runs/resumed/checkpoints" / late).unlink()
+    for late in ("step-00000004", "step-00000005"):
+        shutil.rmtree(tmp_path / "runs/resumed/checkpoints" / late)
     reset_accelerate()
     resumed = load_config(
         None, tiny_overrides(tmp_path, tiny_shards, **{**RECIPE, "run.name": "resumed"})
@@ -282,8 +285,9 @@ def test_recipe_options_train_and_resume_exactly(tmp_path, tiny_shards):
     for step in (3, 4, 5):
         for key in ("loss/D/total", "loss/G/adv", "loss/G/l1", "lr/G"):
             assert abs(a[step][key] - b[step][key]) < 1e-6, (step, key)
-    ema_b = load_checkpoint(latest_checkpoint(resumed.run_dir / "checkpoints"))["G_ema"]
-    assert all(torch.allclose(ema[k].float(), ema_b[k].float(), atol=1e-6) for k in ema)
+    state_b = load_checkpoint(latest_checkpoint(resumed.run_dir / "checkpoints"))
+    for key in TRAINING_STATE:
+        assert_bitwise_equal(state[key], state_b[key], key)
 
 
 def test_evaluation_and_samples_use_the_averaged_generator(tmp_path, tiny_shards, monkeypatch):

@@ -70,6 +70,7 @@ from distcolor.data.streams import (
 )
 from distcolor.data.workers import process_context
 from distcolor.errors import UserError
+from distcolor.preemption import ignore_stop_signals
 
 __all__ = [
     "LoaderState",
@@ -404,4 +405,5 @@ def _loader(stream: IterableDataset, num_workers: int) -> DataLoader:
         pin_memory=torch.cuda.is_available(),
         prefetch_factor=PREFETCH if num_workers > 0 else None,
         multiprocessing_context=process_context() if num_workers > 0 else None,
+        worker_init_fn=ignore_stop_signals,
     )
