@@ -196,7 +196,11 @@ class GANStep:
 
         self.D.requires_grad_(False)
         for i, (lightness, chroma) in enumerate(batches):
-            with self._synced_last(self.G, i, n):
+            # D under no_sync too: its DDP forward would otherwise arm its reducer for a
+            # backward that brings it no gradients, and the stale state would all-reduce
+            # the next step's first (no_sync) micro-batch: extra traffic, and a result that
+            # depends on the step before (a resumed run would differ in the last bits).
+            with self._synced_last(self.G, i, n), self.accelerator.no_sync(self.D):
                 with self.precision.autocast():
                     fake = fakes[0] if n == 1 else self.G(lightness)
                     g = self.objective.generator(self.D, lightness, chroma, fake)

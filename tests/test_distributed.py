@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -9,8 +10,14 @@ from pathlib import Path
 
 import pytest
 
+from distcolor.checkpoint import load_checkpoint
 from tests.conftest import tiny_overrides
-from tests.helpers import scene_samples, write_sample_shards
+from tests.helpers import (
+    TRAINING_STATE,
+    assert_bitwise_equal,
+    scene_samples,
+    write_sample_shards,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -77,3 +84,36 @@ def test_two_process_gloo_run_trains_and_evaluates_across_ranks(tmp_path, tiny_s
     # Only rank 0 writes: one line per logged step, not two.
     steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 3]
+
+
+def test_two_process_resume_with_accumulation_is_bitwise_exact(tmp_path, tiny_shards):
+    extra = {"train.max_steps": 4, "train.grad_accum": 2, "train.eval_images": 0}
+    proc = torchrun(2, "scripts/train.py", *tiny_overrides(tmp_path, tiny_shards, **extra))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    # Stopped after step 2: the same run with only its step-2 checkpoint left, resumed.
+    straight, resumed = tmp_path / "runs/tiny", tmp_path / "runs/resumed"
+    shutil.copytree(straight, resumed)
+    shutil.rmtree(resumed / "checkpoints/step-00000004")
+    args = tiny_overrides(tmp_path, tiny_shards, **extra, **{"run.name": "resumed"})
+    proc = torchrun(2, "scripts/train.py", "--resume", *args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "resuming from" in proc.stdout and "step-00000002 (step 2)" in proc.stdout
+    a = load_checkpoint(straight / "checkpoints/step-00000004")
+    b = load_checkpoint(resumed / "checkpoints/step-00000004")
+    assert len(a["loader"]) == len(a["rng"]) == 2  # every rank's position and generators
+    for key in (*TRAINING_STATE, "loader", "rng"):
+        assert_bitwise_equal(a[key], b[key], key)
+
+
+def test_ranks_that_drift_apart_stop_the_run_naming_the_rank(tmp_path, tiny_shards):
+    extra = {"train.max_steps": 4, "train.eval_images": 0}
+    args = tiny_overrides(tmp_path, tiny_shards, **extra)
+    proc = torchrun(2, "tests/perturb_rank.py", "1", "3", "scripts/train.py", *args)
+    assert proc.returncode != 0
+    expected = (
+        "error: ranks diverged at step 4: parameters differ from rank 0's "
+        "(G on rank(s) [1]; G_ema on rank(s) [1])"  # D is still in step
+    )
+    assert expected in proc.stderr
+    ckpts = tmp_path / "runs/tiny/checkpoints"
+    assert [p.name for p in ckpts.iterdir()] == ["step-00000002"]  # the drifted state unsaved

@@ -1,6 +1,7 @@
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -365,3 +366,113 @@ def test_resume_refuses_another_optimizer_and_warns_of_changed_model_settings(
         "warning: resuming with changed model settings: model.generator.dropout 0.5 -> 0.0"
         in capsys.readouterr().out
     )
+
+
+def test_resume_auto_starts_then_continues_and_skips_a_partial_checkpoint(
+    tmp_path, tiny_shards, capsys
+):
+    cfg = load_config(None, tiny_overrides(tmp_path, tiny_shards, **{"train.eval_images": 0}))
+    train(cfg, resume="auto")  # nothing to resume: starts
+    assert "no checkpoint in" in capsys.readouterr().out
+    ckpts = cfg.run_dir / "checkpoints"
+    # A pre-emption while step 9's checkpoint was written: its marker never landed.
+    shutil.copytree(ckpts / "step-00000003", ckpts / "step-00000009")
+    (ckpts / "step-00000009" / "COMPLETE").unlink()
+    reset_accelerate()
+    longer = load_config(
+        None,
+        tiny_overrides(tmp_path, tiny_shards, **{"train.eval_images": 0, "train.max_steps": 4}),
+    )
+    train(longer, resume="auto")
+    out = capsys.readouterr().out
+    assert "ignoring incomplete checkpoint folder(s)" in out and "step-00000009" in out
+    assert "step-00000003 (step 3)" in out
+    assert load_checkpoint(latest_checkpoint(ckpts))["step"] == 4
+    # An explicit folder resumes from exactly that one.
+    reset_accelerate()
+    train(longer, resume=str(ckpts / "step-00000002"))
+    assert "step-00000002 (step 2)" in capsys.readouterr().out
+    with pytest.raises(UserError, match="step-00000009 is not a complete checkpoint folder"):
+        train(longer, resume=str(ckpts / "step-00000009"))
+
+
+def test_mixed_precision_runs_train_and_save_per_network_scalers(tmp_path, tiny_shards):
+    for precision in ("bf16", "fp16"):
+        extra = {"run.name": precision, "train.mixed_precision": precision, "train.eval_images": 0}
+        cfg = load_config(None, tiny_overrides(tmp_path, tiny_shards, **extra))
+        train(cfg)
+        reset_accelerate()
+        state = load_checkpoint(latest_checkpoint(cfg.run_dir / "checkpoints"))
+        rows = metrics(cfg.run_dir)
+        assert all(torch.isfinite(torch.tensor(rows[3][k])) for k in ("loss/G/l1", "loss/D/total"))
+        scaler = state["steps"]["update_G"]["scaler"]
+        if precision == "fp16":
+            assert scaler["scale"] > 0 and "amp/loss_scale_G" in rows[3]
+        else:
+            assert scaler is None and "amp/loss_scale_G" not in rows[3]
+
+
+def test_consecutive_non_finite_steps_stop_with_the_last_good_checkpoint(
+    tmp_path, tiny_shards, monkeypatch
+):
+    real = trainer_module.lab_inputs
+    calls = {"n": 0}
+
+    def poisoned_after_step_2(batch, device):
+        calls["n"] += 1
+        lightness, chroma = real(batch, device)
+        return (lightness * float("nan"), chroma) if calls["n"] > 2 else (lightness, chroma)
+
+    monkeypatch.setattr(trainer_module, "lab_inputs", poisoned_after_step_2)
+    extra = {"train.max_steps": 20, "train.max_bad_steps": 3, "train.ckpt_every": 1}
+    cfg = load_config(None, tiny_overrides(tmp_path, tiny_shards, **extra))
+    with pytest.raises(UserError, match=r"^training diverged: 3 consecutive steps \(to step 5\)"):
+        train(cfg)
+    ckpts = cfg.run_dir / "checkpoints"
+    # Steps 3 and 4 were skipped (weights unchanged) and saved; no NaN ever reached a file.
+    assert [int(p.name[5:]) for p in sorted(ckpts.iterdir())] == [2, 3, 4]
+    for path in sorted(ckpts.iterdir()):
+        state = load_checkpoint(path)
+        assert all(torch.isfinite(t).all() for t in state["G"].values() if t.is_floating_point())
+    assert_bitwise_equal(
+        load_checkpoint(ckpts / "step-00000002")["G"], load_checkpoint(ckpts / "step-00000004")["G"]
+    )
+    rows = metrics(cfg.run_dir)
+    assert rows[4]["steps/skipped_G"] == 2 and rows[2]["steps/skipped_G"] == 0
+
+
+def test_sigterm_writes_a_checkpoint_exits_0_and_resumes_exactly(tmp_path, tiny_shards):
+    extra = {"train.max_steps": 100_000, "train.eval_images": 0, "train.ckpt_every": 1000}
+    args = tiny_overrides(tmp_path, tiny_shards, **extra)
+    # The same thread count as this process, which runs the rest: float sums are
+    # reproducible bit for bit only at the same number of threads.
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        [sys.executable, "scripts/train.py", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    for line in proc.stdout:  # plain lines: one per logged step
+        if line.startswith("step 3/"):
+            break
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err[-2000:]
+    assert "SIGTERM: stopped at step" in out
+    stopped = int(out.split("SIGTERM: stopped at step ")[1].split()[0])
+    ckpts = tmp_path / "runs/tiny/checkpoints"
+    assert [p.name for p in ckpts.iterdir()] == [f"step-{stopped:08d}"]
+    assert load_checkpoint(ckpts / f"step-{stopped:08d}")["step"] == stopped
+    # Resume to stopped + 2 and compare with an uninterrupted run of as many steps.
+    end = {**extra, "train.max_steps": stopped + 2}
+    train(load_config(None, tiny_overrides(tmp_path, tiny_shards, **end)), resume=True)
+    reset_accelerate()
+    straight = {**end, "run.name": "straight"}
+    train(load_config(None, tiny_overrides(tmp_path, tiny_shards, **straight)))
+    a = load_checkpoint(ckpts / f"step-{stopped + 2:08d}")
+    b = load_checkpoint(tmp_path / f"runs/straight/checkpoints/step-{stopped + 2:08d}")
+    for key in (*TRAINING_STATE, "loader"):
+        assert_bitwise_equal(a[key], b[key], key)
