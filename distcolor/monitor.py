@@ -39,6 +39,9 @@ if TYPE_CHECKING:
 
 HISTOGRAM_BINS = 64
 """Buckets per histogram; TensorBoard re-bins for display anyway."""
+MIN_ORIGINAL_COLOURFULNESS = 1.0
+"""Below this the true colours are gray (Lab -> sRGB leaves ~0.01 on gray) and
+colour/ratio_output_to_original is not reported; make_shards keeps images from 10 up."""
 MAX_WEIGHT_TAGS = 32
 """Weight histograms per model at most (the paper U-Net has 16 conv layers, PatchGAN 5)."""
 
@@ -70,7 +73,7 @@ def hue_spread(ab: torch.Tensor) -> torch.Tensor:
     lengths is 1 when every pixel has the same hue (sepia, any toning) and falls towards
     0 as hues spread; the circular std is sqrt(-2 ln R). An image without chroma gets 0.
     """
-    ab = ab.detach().double().flatten(2)  # (B, 2, N)
+    ab = ab.detach().float().flatten(2)  # (B, 2, N)
     resultant = ab.sum(dim=2).norm(dim=1)  # |sum (a, b)|
     total = ab.norm(dim=1).sum(dim=1)  # sum sqrt(a^2 + b^2)
     r = torch.where(total > 0, resultant / total.clamp_min(1e-30), torch.ones_like(total))
@@ -87,8 +90,8 @@ def chroma_report(
     measures the chroma alone; the photo's own sRGB would add the difference between its
     L* and its grayscale's. Chroma means are in CIE a*b* units; hue spreads in degrees,
     averaged over images weighted by each image's total chroma (gray images do not count).
-    colour/ratio_output_to_original is left out when the real colours have no
-    colourfulness at all (nothing to compare with).
+    colour/ratio_output_to_original is left out when the real colours are gray
+    (colourfulness below MIN_ORIGINAL_COLOURFULNESS: nothing to compare with).
     """
     lightness, predicted_ab, real_ab = (
         t.detach().float().cpu() for t in (lightness, predicted_ab, real_ab)
@@ -96,10 +99,10 @@ def chroma_report(
     out = colourfulness(lab_to_srgb(lightness, predicted_ab)).mean().item()
     orig = colourfulness(lab_to_srgb(lightness, real_ab)).mean().item()
     report = {"colour/output": out, "colour/original": orig}
-    if orig > 1e-6:
+    if orig >= MIN_ORIGINAL_COLOURFULNESS:
         report["colour/ratio_output_to_original"] = out / orig
     for name, ab in (("predicted", predicted_ab), ("real", real_ab)):
-        ab = ab.double() * AB_SCALE
+        ab = ab * AB_SCALE
         magnitude = ab.norm(dim=1)  # (B, H, W)
         weights = magnitude.flatten(1).sum(dim=1)  # each image's total chroma
         spread = (hue_spread(ab) * weights).sum() / weights.sum().clamp_min(1e-30)
@@ -245,6 +248,7 @@ def log_monitoring(
 __all__ = [
     "HISTOGRAM_BINS",
     "MAX_WEIGHT_TAGS",
+    "MIN_ORIGINAL_COLOURFULNESS",
     "chroma_histograms",
     "chroma_report",
     "colourfulness",

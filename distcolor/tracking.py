@@ -3,7 +3,8 @@
 Metric names are hierarchical (`loss/G/l1`, `loss/D/real`) so TensorBoard groups them.
 On a terminal the progress is a live rich bar (step, elapsed, ETA, the loss and
 throughput line); when stdout is not a terminal (a cluster job's log file) each logged
-step is one plain line instead: `step 120/500  elapsed 0:00:21  ETA 0:01:10  D 0.228 ...`.
+step is one plain line instead:
+`step 120/500  D 0.228  G 0.395 + L1 0.0389  98 img/s  elapsed 0:00:21  ETA 0:01:10`.
 The numbers behind histograms and colour-drift curves are distcolor/monitor.py's.
 """
 
@@ -107,8 +108,8 @@ class Tracker:
             # Cluster jobs write to files, where a live bar only shows at the end.
             task = self._progress.tasks[self._task]
             self.console.print(
-                f"step {step}/{self._total}  elapsed {_clock(task.elapsed)}  "
-                f"ETA {_clock(task.time_remaining)}  {info}",
+                f"step {step}/{self._total}  {info}  "
+                f"elapsed {_clock(task.elapsed)}  ETA {_clock(task.time_remaining)}",
                 highlight=False,
             )
 

@@ -50,6 +50,7 @@ from distcolor.errors import UserError
 from distcolor.flops import peak_flops, step_flops
 from distcolor.metrics import held_out_l1
 from distcolor.models import build_models, count_parameters, init_seed
+from distcolor.monitor import log_monitoring
 from distcolor.optim import set_learning_rates
 from distcolor.precision import Precision, resolve_precision
 from distcolor.preemption import StopRequest
@@ -339,15 +340,18 @@ def train(
             else:
                 tracker.advance(step)
 
-            if (
-                is_main
-                and fixed is not None
-                and (step % tc.sample_every == 0 or step == tc.max_steps)
-            ):
+            last = step == tc.max_steps
+            if is_main and fixed is not None and (step % tc.sample_every == 0 or last):
                 tracker.log_samples(step, _samples(sampler, fixed, device))
+            if is_main and fixed is not None and (step % tc.hist_every == 0 or last):
+                # Drift to grey or sepia shows here first: colourfulness, hue spread and
+                # chroma histograms of the fixed samples, plus weight histograms.
+                log_monitoring(
+                    tracker, step, sampler=sampler, batch=fixed, device=device, models=replicas
+                )
 
             stop = stop_request.agreed(device)
-            if step % tc.ckpt_every == 0 or step == tc.max_steps or stop:
+            if step % tc.ckpt_every == 0 or last or stop:
                 # Every rank's loader position and RNG state go into rank 0's checkpoint,
                 # after every rank has checked it holds the same weights (collectives).
                 check_replicas(replicas, step=step, device=device)

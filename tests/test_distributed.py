@@ -117,3 +117,11 @@ def test_ranks_that_drift_apart_stop_the_run_naming_the_rank(tmp_path, tiny_shar
     assert expected in proc.stderr
     ckpts = tmp_path / "runs/tiny/checkpoints"
     assert [p.name for p in ckpts.iterdir()] == ["step-00000002"]  # the drifted state unsaved
+
+
+def test_sync_batchnorm_on_several_cpu_processes_is_a_one_line_error(tmp_path, tiny_shards):
+    args = tiny_overrides(tmp_path, tiny_shards, **{"model.sync_batchnorm": "true"})
+    proc = torchrun(2, "scripts/train.py", *args)
+    assert proc.returncode != 0
+    assert "error: model.sync_batchnorm: PyTorch's SyncBatchNorm runs on GPUs only" in proc.stderr
+    assert "Traceback" not in proc.stderr.split("error: model.sync_batchnorm")[0][-500:]

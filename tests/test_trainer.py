@@ -70,6 +70,10 @@ def test_run_writes_config_checkpoints_tensorboard_samples(tmp_path, tiny_shards
     grid = Image.open(run / "samples" / "step-00000003.png")
     assert grid.size == (8 * 32, 3 * 32)  # 8 columns; rows gray / output / original
     assert sorted(metrics(run)) == [1, 2, 3]
+    # Colour drift monitoring at the last step (train.hist_every is 500 here).
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    colour = [r for r in rows if "colour/ratio_output_to_original" in r]
+    assert [r["step"] for r in colour] == [3] and colour[0]["chroma/hue_spread_real"] > 0
     assert result["images"] == 12 and result["l1_no_colour"] > 0
     assert json.loads((run / "eval.json").read_text()) == result
 
@@ -476,3 +480,26 @@ def test_sigterm_writes_a_checkpoint_exits_0_and_resumes_exactly(tmp_path, tiny_
     b = load_checkpoint(tmp_path / f"runs/straight/checkpoints/step-{stopped + 2:08d}")
     for key in (*TRAINING_STATE, "loader"):
         assert_bitwise_equal(a[key], b[key], key)
+
+
+def test_sync_batchnorm_converts_both_networks_and_keeps_checkpoints_compatible(
+    tmp_path, tiny_shards, monkeypatch
+):
+    seen = {}
+    real = trainer_module.GANStep.build
+
+    def spy(cfg, accelerator, generator, discriminator, precision):
+        seen["norms"] = {
+            type(m).__name__ for net in (generator, discriminator) for m in net.modules()
+        }
+        return real(cfg, accelerator, generator, discriminator, precision)
+
+    monkeypatch.setattr(trainer_module.GANStep, "build", spy)
+    extra = {"model.sync_batchnorm": "true", "train.eval_images": 0, "train.max_steps": 2}
+    cfg = load_config(None, tiny_overrides(tmp_path, tiny_shards, **extra))
+    train(cfg)
+    assert "SyncBatchNorm" in seen["norms"] and "BatchNorm2d" not in seen["norms"]
+    # The same state-dict keys as plain batch norm: either setting resumes the other.
+    reset_accelerate()
+    plain = {**extra, "model.sync_batchnorm": "false", "train.max_steps": 3}
+    train(load_config(None, tiny_overrides(tmp_path, tiny_shards, **plain)), resume=True)
