@@ -22,6 +22,9 @@ def build_accelerator(cfg: Config) -> Accelerator:
     # precision is ours (distcolor/precision.py): Accelerate's would wrap the forwards in
     # autocast and share one GradScaler between the two networks.
     return Accelerator(
+        # Without a GPU, say so: otherwise a torchrun / accelerate launch of several CPU
+        # processes without ACCELERATE_USE_CPU=1 gives ranks that each think they are alone.
+        cpu=not torch.cuda.is_available(),
         mixed_precision="no",
         dataloader_config=DataLoaderConfiguration(dispatch_batches=False),
     )

@@ -61,8 +61,11 @@ class NetworkUpdate:
         """Apply the accumulated gradients; returns (stepped, gradient norm before clipping)."""
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
-        norm = nn.utils.clip_grad_norm_(self.params, self.max_grad_norm)
+        grads = [p.grad for p in self.params if p.grad is not None]
+        norm = nn.utils.get_total_norm(grads)  # logged, and the finite check below
         finite = bool(torch.isfinite(norm))  # the one device sync of the update
+        if finite and math.isfinite(self.max_grad_norm):
+            nn.utils.clip_grads_with_norm_(self.params, self.max_grad_norm, norm)
         if self.scaler is not None:
             self.scaler.step(self.optimizer)  # skips by itself if unscale_ saw inf/nan
             self.scaler.update()

@@ -48,7 +48,7 @@ def sample_grid(lightness: torch.Tensor, chroma: torch.Tensor, rgb: torch.Tensor
 def save_png(image: torch.Tensor, path: Path) -> None:
     """(3, H, W) float in [0, 1] -> PNG."""
     array = (image.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
-    Image.fromarray(array).save(path)
+    Image.fromarray(array).save(path, compress_level=1)  # 4x faster; samples are small
 
 
 class Tracker:
@@ -83,6 +83,7 @@ class Tracker:
             TimeRemainingColumn(),
             TextColumn("{task.fields[info]}"),
             console=self.console,
+            refresh_per_second=2,  # the default 10 Hz redraw cost about 1% of a CPU step
         )
         self._total = total_steps
         self._task = self._progress.add_task(

@@ -38,3 +38,42 @@ def test_bench_step_times_the_gan_step_and_reports_flops():
     assert result["images_per_s"] > 0
     rate = result["flops_per_step"] / (result["step_ms_median"] / 1e3)
     assert abs(result["flops_per_s"] - rate) < 0.01 * rate
+
+
+def test_bench_loop_reports_trainer_overhead_and_process_scaling():
+    cmd = [
+        sys.executable,
+        "benchmarks/bench_loop.py",
+        "--quick",
+        "--steps",
+        "4",
+        "--warmup",
+        "1",
+        "--repeats",
+        "2",
+        "--separate",
+        "--multiprocess",
+        "--mp-repeats",
+        "1",
+        "data.batch_size=2",
+        "model.generator.width=8",
+        "model.discriminator.width=8",
+    ]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["batch_size"] == 2 and result["steps"] == 4 and result["threads"] >= 1
+    # A window of 4 steps holds at least one of each kind of bookkeeping (intervals scaled).
+    assert result["intervals_scaled"] is True
+    assert all(result["events_in_window"][k] >= 1 for k in ("log", "sample", "checkpoint"))
+    for figures in (result, result["separate_runs"]):
+        trainer, bare = figures["trainer_s_per_step"], figures["bare_s_per_step"]
+        assert trainer > 0 and bare > 0
+        assert abs(figures["overhead_ratio"] - trainer / bare) < 1e-3 * trainer / bare
+        assert len(figures["window_runs_ratio"]) == 2
+    mp = result["multiprocess"]
+    assert set(mp["global_images_per_s"]) >= {"2x1", "1x1"}
+    assert all(v > 0 for v in mp["global_images_per_s"].values())
+    assert result["images_per_s_2proc"] > 0 and result["images_per_s_1proc"] > 0
+    ratio = result["images_per_s_2proc"] / result["images_per_s_1proc"]
+    assert abs(result["ratio_2proc_vs_1proc"] - ratio) < 1e-2 * ratio
