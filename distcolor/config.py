@@ -236,11 +236,61 @@ class TrainConfig(Section):
         return betas
 
 
+class PruneConfig(Section):
+    """Lottery-ticket pruning of the generator (and optionally the discriminator): after each
+    step in `at_steps`, a round removes `rate` of the weights still alive, ranked by magnitude
+    across all conv and transposed-conv weights of the network (norms and biases never)."""
+
+    at_steps: list[int] = Field(min_length=1)
+    """Steps after which a round prunes, increasing (e.g. [2000, 4000, 6000, 8000, 10000])."""
+    rate: float = Field(0.2, gt=0.0, lt=1.0)
+    """Share of the alive weights each round removes: r rounds leave (1 - rate)**r alive."""
+    discriminator: bool = False
+    """Prune the discriminator too, with its own global threshold."""
+    keep_first_last: bool = False
+    """Leave each network's first and last layer dense (some lottery-ticket work does)."""
+    rewind: Literal["none", "init", "step"] = "init"
+    """After a round, set the survivors (and norms, biases) back to their values at
+    initialisation (Frankle & Carbin), at step `rewind_step` (Frankle et al. 2020), or keep
+    training them as they are (none)."""
+    rewind_step: int = Field(0, ge=0)
+    """The step whose weights `rewind: step` goes back to (0 = initialisation)."""
+    reset_discriminator: bool = True
+    """When rewinding, also put the discriminator back to its initialisation (Chen et al.
+    2021's GAN tickets): a D trained against the unpruned G would overpower the ticket."""
+
+    @field_validator("at_steps")
+    @classmethod
+    def _increasing(cls, steps: list[int]) -> list[int]:
+        if steps[0] < 1 or any(b <= a for a, b in zip(steps, steps[1:], strict=False)):
+            raise ValueError(f"must be increasing steps >= 1 (got {steps})")
+        return steps
+
+
 class Config(Section):
     run: RunConfig = RunConfig()
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
+    prune: PruneConfig | None = None
+    """Lottery-ticket pruning (null: off)."""
+
+    @model_validator(mode="after")
+    def _prune_schedule_fits(self) -> Config:
+        prune = self.prune
+        if prune is None:
+            return self
+        if prune.at_steps[-1] > self.train.max_steps:
+            raise ValueError(
+                f"prune.at_steps: step {prune.at_steps[-1]} is beyond train.max_steps = "
+                f"{self.train.max_steps}"
+            )
+        if prune.rewind == "step" and prune.rewind_step >= prune.at_steps[0]:
+            raise ValueError(
+                f"prune.rewind_step: {prune.rewind_step} must come before the first round "
+                f"(prune.at_steps[0] = {prune.at_steps[0]})"
+            )
+        return self
 
     @model_validator(mode="after")
     def _weights_need_resampling(self) -> Config:

@@ -31,6 +31,7 @@ from distcolor.config import Config
 from distcolor.losses import GANObjective
 from distcolor.optim import make_optimizer
 from distcolor.precision import Precision
+from distcolor.pruning import Masks
 
 
 class NetworkUpdate:
@@ -53,6 +54,7 @@ class NetworkUpdate:
         self.max_grad_norm = max_grad_norm if max_grad_norm is not None else math.inf
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.skipped = 0
+        self.masks: Masks | None = None  # pruning masks, enforced around every step
 
     def backward(self, loss: torch.Tensor) -> None:
         (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
@@ -61,6 +63,9 @@ class NetworkUpdate:
         """Apply the accumulated gradients; returns (stepped, gradient norm before clipping)."""
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
+        pruned = self.masks is not None and self.masks.active
+        if pruned:  # no gradient, hence no momentum, at pruned positions
+            self.masks.zero_grads()
         grads = [p.grad for p in self.params if p.grad is not None]
         norm = nn.utils.get_total_norm(grads)  # logged, and the finite check below
         finite = bool(torch.isfinite(norm))  # the one device sync of the update
@@ -71,6 +76,8 @@ class NetworkUpdate:
             self.scaler.update()
         elif finite:
             self.optimizer.step()
+        if pruned:  # whatever the optimizer did (weight decay, eps terms): still zero
+            self.masks.zero_weights()
         self.optimizer.zero_grad(set_to_none=True)
         self.skipped += not finite
         return finite, norm.detach()

@@ -15,6 +15,7 @@ import json
 import subprocess
 import time
 from collections.abc import Iterable
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -48,6 +49,8 @@ from distcolor.distributed import (
 from distcolor.ema import GeneratorEMA
 from distcolor.errors import UserError
 from distcolor.flops import peak_flops, step_flops
+from distcolor.losses import GANObjective
+from distcolor.lottery import LotteryTicket
 from distcolor.metrics import held_out_l1
 from distcolor.models import build_models, count_parameters, init_seed
 from distcolor.monitor import log_monitoring
@@ -227,6 +230,10 @@ def train(
 
     # For rank-local forwards (samples, evaluation) that must not run DDP's collectives.
     plain_generator = accelerator.unwrap_model(generator)
+    plain_discriminator = accelerator.unwrap_model(discriminator)
+    ticket = _lottery_ticket(
+        cfg, plain_generator, plain_discriminator, step_fn, state if resume else None
+    )
     ema = None
     if tc.ema_half_life is not None:
         ema = GeneratorEMA(plain_generator, half_life=tc.ema_half_life, rampup=tc.ema_rampup)
@@ -268,9 +275,18 @@ def train(
 
     device = accelerator.device
     version = code_version()
-    replicas = {"G": plain_generator, "D": accelerator.unwrap_model(discriminator)}
+    replicas = {"G": plain_generator, "D": plain_discriminator}
     if ema is not None:
         replicas["G_ema"] = ema.module
+    probe = partial(
+        _probe_losses,
+        plain_generator,
+        plain_discriminator,
+        step_fn.objective,
+        fixed,
+        device,
+        precision,
+    )
     stopped_at = None
     tracker = Tracker(run_dir, enabled=is_main, total_steps=tc.max_steps, start_step=start_step)
     with tracker, StopRequest(log=log) as stop_request:
@@ -295,6 +311,17 @@ def train(
                 ema.update(
                     plain_generator, images_seen=(step - 1) * step_images, step_images=step_images
                 )
+            if ticket is not None:
+                ticket.snapshot_if_due(step)
+                if ticket.round_due(step):
+                    _prune_round(
+                        ticket,
+                        step,
+                        optimizers={"G": opt_g, "D": opt_d},
+                        ema=ema,
+                        probe=probe,
+                        tracker=tracker,
+                    )
             waited, computed = waited + t1 - t0, computed + time.perf_counter() - t1
             bad_steps = 0 if metrics["stepped/G"] and metrics["stepped/D"] else bad_steps + 1
             if bad_steps >= tc.max_bad_steps:
@@ -368,7 +395,8 @@ def train(
                             "init_seed": seed,
                             "G": plain_generator.state_dict(),
                             "G_ema": ema.state_dict() if ema is not None else None,
-                            "D": accelerator.unwrap_model(discriminator).state_dict(),
+                            "D": plain_discriminator.state_dict(),
+                            "prune": ticket.state_dict() if ticket is not None else None,
                             "steps": step_fn.state_dict(),
                             "loader": [r["loader"] for r in per_rank],
                             "rng": [r["rng"] for r in per_rank],
@@ -420,6 +448,73 @@ def train(
     del batches, loader, step_fn, generator, discriminator, opt_g, opt_d
     shutdown(accelerator)
     return result
+
+
+def _lottery_ticket(
+    cfg: Config, generator: nn.Module, discriminator: nn.Module, step_fn: GANStep, state
+) -> LotteryTicket | None:
+    """The pruning schedule (cfg.prune), its masks attached to both networks' updates; from
+    the checkpoint `state` when resuming."""
+    saved = (state or {}).get("prune")
+    if state is not None and (saved is None) != (cfg.prune is None):
+        raise UserError(
+            "prune: the checkpoint was trained with pruning; resume it with its prune settings"
+            if saved is not None
+            else "prune: the checkpoint was trained without pruning; pruning starts with a new run"
+        )
+    if cfg.prune is None:
+        return None
+    ticket = LotteryTicket(cfg.prune, generator=generator, discriminator=discriminator)
+    step_fn.update_g.masks = ticket.masks["G"]
+    step_fn.update_d.masks = ticket.masks.get("D")
+    if saved is not None:
+        ticket.load_state_dict(saved)
+    else:
+        ticket.start()
+    return ticket
+
+
+@torch.no_grad()
+def _probe_losses(
+    G: nn.Module, D: nn.Module, objective: GANObjective, batch, device, precision: Precision
+) -> dict[str, float]:
+    """Losses on the fixed held-out batch (rank 0), in eval mode so no statistics move."""
+    if batch is None:
+        return {}
+    modes = G.training, D.training
+    G.eval(), D.eval()
+    lightness, chroma = lab_inputs(batch, device)
+    with precision.autocast():
+        fake = G(lightness)
+        g = objective.generator(D, lightness, chroma, fake)
+        d = objective.discriminator(D, lightness, chroma, fake)
+    G.train(modes[0]), D.train(modes[1])
+    return {"G/l1": g["l1"].item(), "G/adv": g["adv"].item(), "D/total": d["total"].item()}
+
+
+def _prune_round(ticket: LotteryTicket, step: int, *, optimizers, ema, probe, tracker) -> None:
+    """One pruning round with its TensorBoard record: sparsity overall and per layer, the
+    threshold, and the held-out losses just before and just after."""
+    before = probe()
+    report = ticket.prune_round(step, optimizers=optimizers, ema=ema)
+    after = probe()
+    scalars = {"prune/round": float(report["round"])}
+    for name in ticket.masks:
+        net = report[name]
+        scalars[f"prune/sparsity/{name}"] = net["sparsity"]
+        scalars[f"prune/threshold/{name}"] = net["threshold"]
+        for layer, share in net["layers"].items():
+            scalars[f"prune/sparsity/{name}/{layer.removesuffix('.weight')}"] = share
+    for key in before:
+        scalars[f"prune/loss_before/{key}"] = before[key]
+        scalars[f"prune/loss_after/{key}"] = after[key]
+    tracker.log_scalars(step, scalars)
+    change = f"; held-out L1 {before['G/l1']:.4f} -> {after['G/l1']:.4f}" if before else ""
+    sparsity = ", ".join(
+        f"{name} {report[name]['sparsity']:.1%} pruned (threshold {report[name]['threshold']:.3g})"
+        for name in ticket.masks
+    )
+    tracker.print(f"step {step}: pruning round {report['round']}: {sparsity}{change}")
 
 
 def _resume_candidates(resume: bool | str | None, ckpt_dir: Path) -> list[Path]:

@@ -57,6 +57,11 @@ class PatchDiscriminator(nn.Module):
         self.min_size = smallest_patchgan_input(layers)
         init_weights(self, init_std)
 
+    @property
+    def edge_layers(self) -> tuple[str, str]:
+        """Names of the first and last layer in forward order."""
+        return "net.0", f"net.{len(self.net) - 1}"
+
     def forward(self, lab: torch.Tensor) -> torch.Tensor:
         h, w = lab.shape[-2:]
         if min(h, w) < self.min_size:

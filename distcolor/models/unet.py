@@ -89,6 +89,12 @@ class UNetGenerator(nn.Module):
         init_weights(self, init_std)
 
     @property
+    def edge_layers(self) -> tuple[str, str]:
+        """Names of the first and last layer in forward order (the last is registered
+        early, as up[0]: registration order would say otherwise)."""
+        return "down.0.0", "up.0.1"
+
+    @property
     def size_multiple(self) -> int:
         return unet_multiple(self.depth)
 

@@ -1,0 +1,141 @@
+"""Lottery-ticket rounds: when to prune, what to rewind, and the state that resumes them.
+
+    step == prune.rewind_step   snapshot G (all parameters and buffers) to rewind to
+    step in prune.at_steps      a round:
+        1. new global masks per network (distcolor/pruning.py), the same on every rank
+        2. rewind (prune.rewind: init or step): G's survivors, norms and biases go back to
+           the snapshot; D back to its initialisation (prune.reset_discriminator); both
+           optimizers start fresh and the EMA restarts from the rewound G
+           no rewind: training goes on from the pruned weights; optimizer moments and the
+           EMA are zeroed at the pruned positions
+        3. masks applied to the weights, the EMA and (kept) optimizer state; ranks compare
+           mask fingerprints
+
+Choices, and why: the learning rate follows the global step and does not restart after a
+rewind, so the run keeps one schedule and `train.max_steps` stays its length; optimizer
+moments describe a trajectory a rewind has undone, so rewinding drops them (Chen et al.
+2021 start each round's optimizers fresh); the fp16 loss scale is kept (it tracks gradient
+magnitudes, which a rewind does not change in kind).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from distcolor.config import PruneConfig
+from distcolor.pruning import (
+    Masks,
+    alive_after,
+    check_masks_agree,
+    compute_global_masks,
+    prunable_weights,
+)
+
+
+def _snapshot(module: nn.Module) -> dict[str, torch.Tensor]:
+    """A CPU copy of `module`'s state (parameters and buffers), as a rewind target."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
+
+
+class LotteryTicket:
+    """Iterative magnitude pruning with rewinding, for the plain (unwrapped) networks."""
+
+    def __init__(self, cfg: PruneConfig, *, generator: nn.Module, discriminator: nn.Module):
+        self.cfg = cfg
+        self.networks = {"G": generator, "D": discriminator}
+        self.masks = {"G": Masks(prunable_weights(generator, keep_first_last=cfg.keep_first_last))}
+        if cfg.discriminator:
+            self.masks["D"] = Masks(
+                prunable_weights(discriminator, keep_first_last=cfg.keep_first_last)
+            )
+        self.rounds_done = 0
+        self.rewind_to: dict[str, torch.Tensor] | None = None  # G at the rewind point
+        self.d_init: dict[str, torch.Tensor] | None = None  # D at initialisation
+        self.history: list[dict] = []  # one entry per round: step, thresholds, sparsities
+
+    @property
+    def rewinds(self) -> bool:
+        return self.cfg.rewind != "none"
+
+    def start(self) -> None:
+        """Snapshots a new run needs at step 0 (before the first update)."""
+        if self.rewinds and self.cfg.reset_discriminator:
+            self.d_init = _snapshot(self.networks["D"])
+        self.snapshot_if_due(0)
+
+    def snapshot_if_due(self, step: int) -> None:
+        """Keep G's weights after `step` when that is the rewind point."""
+        point = 0 if self.cfg.rewind == "init" else self.cfg.rewind_step
+        if self.rewinds and step == point:
+            self.rewind_to = _snapshot(self.networks["G"])
+
+    def round_due(self, step: int) -> bool:
+        schedule = self.cfg.at_steps
+        return self.rounds_done < len(schedule) and step == schedule[self.rounds_done]
+
+    def prune_round(
+        self, step: int, *, optimizers: dict[str, torch.optim.Optimizer], ema=None
+    ) -> dict:
+        """Prune, rewind and enforce (a collective: every rank calls it at the same step);
+        returns the round's report: threshold and sparsity per network and per layer."""
+        self.rounds_done += 1
+        report: dict = {"step": step, "round": self.rounds_done}
+        for name, masks in self.masks.items():
+            target = alive_after(masks.total(), rate=self.cfg.rate, rounds=self.rounds_done)
+            keep, threshold = compute_global_masks(
+                masks.weights, masks.keep, alive_after_round=target
+            )
+            masks.set(keep)
+            overall, per_layer = masks.sparsity()
+            report[name] = {"threshold": threshold, "sparsity": overall, "layers": per_layer}
+        if self.rewinds:
+            self._rewind(optimizers, ema)
+        for name, masks in self.masks.items():
+            masks.zero_weights()
+            if not self.rewinds:
+                masks.zero_optimizer_state(optimizers[name])
+        if ema is not None:
+            self.masks["G"].zero_in(ema.module)
+        check_masks_agree(self.keep_masks(), when=f"after pruning round {self.rounds_done}")
+        summary = {
+            n: {"threshold": report[n]["threshold"], "sparsity": report[n]["sparsity"]}
+            for n in self.masks
+        }
+        self.history.append({"step": step, **summary})
+        return report
+
+    def _rewind(self, optimizers: dict[str, torch.optim.Optimizer], ema) -> None:
+        G, D = self.networks["G"], self.networks["D"]
+        G.load_state_dict(self.rewind_to)
+        if self.cfg.reset_discriminator:
+            D.load_state_dict(self.d_init)
+        for optimizer in optimizers.values():
+            optimizer.state.clear()  # Adam and AdaBelief start afresh at their next step
+        if ema is not None:
+            ema.module.load_state_dict(G.state_dict())
+
+    def keep_masks(self) -> dict[str, dict[str, torch.Tensor]]:
+        return {name: masks.keep for name, masks in self.masks.items()}
+
+    def state_dict(self) -> dict:
+        return {
+            "round": self.rounds_done,
+            "masks": {n: {k: v.cpu() for k, v in m.items()} for n, m in self.keep_masks().items()},
+            "rewind": {"G": self.rewind_to, "D_init": self.d_init},
+            "history": self.history,
+            "settings": self.cfg.model_dump(mode="json"),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue the saved schedule: masks (enforced at once), rounds done, snapshots."""
+        self.rounds_done = int(state["round"])
+        self.rewind_to = state["rewind"]["G"]
+        self.d_init = state["rewind"]["D_init"]
+        self.history = list(state.get("history", []))
+        for name, masks in self.masks.items():
+            saved = state["masks"].get(name)
+            if saved is not None and self.rounds_done:
+                masks.set(saved)
+                masks.zero_weights()
+        check_masks_agree(self.keep_masks(), when="after resuming")
