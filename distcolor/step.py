@@ -77,7 +77,7 @@ class NetworkUpdate:
         elif finite:
             self.optimizer.step()
         if pruned:  # whatever the optimizer did (weight decay, eps terms): still zero
-            self.masks.zero_weights()
+            self.masks.enforce_weights()
         self.optimizer.zero_grad(set_to_none=True)
         self.skipped += not finite
         return finite, norm.detach()

@@ -77,3 +77,26 @@ def test_bench_loop_reports_trainer_overhead_and_process_scaling():
     assert result["images_per_s_2proc"] > 0 and result["images_per_s_1proc"] > 0
     ratio = result["images_per_s_2proc"] / result["images_per_s_1proc"]
     assert abs(result["ratio_2proc_vs_1proc"] - ratio) < 1e-2 * ratio
+
+
+def test_bench_prune_times_a_round_and_the_mask_enforcement():
+    cmd = [
+        sys.executable,
+        "benchmarks/bench_prune.py",
+        "--quick",
+        "--batch",
+        "2",
+        "--rounds",
+        "2",
+        "data.image_size=64",
+        "model.generator.width=8",
+        "model.generator.depth=6",
+        "model.discriminator.width=8",
+    ]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert len(result["round_s"]) == 2 and result["prune_round_s"] > 0
+    assert result["sparsity"] == round(1 - 0.8**2, 4)
+    fraction = result["mask_enforce_s"] / result["step_s"]
+    assert abs(result["mask_overhead_fraction"] - fraction) < 0.01 * fraction + 1e-5

@@ -17,9 +17,9 @@ from distcolor.pruning import (
     Masks,
     alive_after,
     compute_global_masks,
+    keep_largest,
     masks_fingerprint,
     prunable_weights,
-    select_smallest,
 )
 from distcolor.step import NetworkUpdate
 from tests.test_distributed import torchrun
@@ -73,8 +73,9 @@ def test_select_smallest_marks_exactly_the_k_smallest_alive_entries():
     alive = [torch.rand(1000) > 0.3, torch.rand(337) > 0.3]
     flat, was = torch.cat(values).abs(), torch.cat(alive)
     for count in (0, 1, 250, int(was.sum())):
-        prune, threshold = select_smallest(list(zip(values, alive, strict=True)), count)
-        chosen = torch.cat(prune)
+        keep, threshold = keep_largest(list(zip(values, alive, strict=True)), count)
+        chosen = was & ~torch.cat(keep)
+        assert not (torch.cat(keep) & ~was).any()  # the dead stay dead
         assert int(chosen.sum()) == count and not (chosen & ~was).any()
         expected = torch.sort(flat[was]).values
         if count:
@@ -86,17 +87,33 @@ def test_select_smallest_marks_exactly_the_k_smallest_alive_entries():
 def test_ties_at_the_threshold_still_prune_exactly_the_asked_number_first_in_order():
     values = [torch.tensor([0.5, 0.1, 0.1, 0.3, 0.1]), torch.tensor([0.1, 0.2])]
     alive = [torch.ones(5, dtype=torch.bool), torch.ones(2, dtype=torch.bool)]
-    prune, threshold = select_smallest(list(zip(values, alive, strict=True)), 2)
+    keep, threshold = keep_largest(list(zip(values, alive, strict=True)), 2)
     assert threshold == pytest.approx(0.1)
-    assert prune[0].tolist() == [False, True, True, False, False]
-    assert prune[1].tolist() == [False, False]
+    assert keep[0].tolist() == [True, False, False, True, True]
+    assert keep[1].tolist() == [True, True]
+    keep, _ = keep_largest(list(zip(values, alive, strict=True)), 4)
+    assert keep[0].tolist() == [True, False, False, True, False]
+    assert keep[1].tolist() == [False, True]
 
 
 def test_magnitude_ranking_covers_negative_zero_and_other_dtypes():
     for dtype in (torch.float32, torch.bfloat16, torch.float16):
         v = torch.tensor([-3.0, 2.0, -0.0, 0.5, -1.0], dtype=dtype)
-        prune, _ = select_smallest([(v, torch.ones(5, dtype=torch.bool))], 3)
-        assert prune[0].tolist() == [False, False, True, True, True]
+        keep, _ = keep_largest([(v, torch.ones(5, dtype=torch.bool))], 3)
+        assert keep[0].tolist() == [True, True, False, False, False]
+
+
+def test_alive_zeros_can_be_pruned_and_dead_entries_never_count():
+    # Dead entries hold stale non-zero values here: they must not take part at all.
+    v = torch.tensor([0.0, 9.0, 0.0, 0.2, 0.0, 0.3])
+    alive = torch.tensor([True, False, True, True, False, True])
+    keep, threshold = keep_largest([(v, alive)], 1)
+    assert keep[0].tolist() == [False, False, True, True, False, True] and threshold == 0.0
+    keep, threshold = keep_largest([(v, alive)], 3)
+    assert keep[0].tolist() == [False, False, False, False, False, True]
+    assert threshold == pytest.approx(0.2)
+    with pytest.raises(ValueError, match="cannot prune 5 entries: 4 are alive"):
+        keep_largest([(v, alive)], 5)
 
 
 @pytest.mark.parametrize("keep_first_last", [False, True])
@@ -128,14 +145,19 @@ def zero_bits(t: torch.Tensor) -> bool:
     return bool((t.reshape(-1).view(torch.int32) == 0).all())
 
 
-@pytest.mark.parametrize("optimizer", ["adam", "adabelief"])
-def test_pruned_weights_stay_zero_and_get_no_momentum_through_training(optimizer):
+@pytest.mark.parametrize(
+    "optimizer, scaled", [("adam", False), ("adabelief", False), ("adam", True)]
+)
+def test_pruned_weights_stay_zero_and_get_no_momentum_through_training(optimizer, scaled):
     cfg = load_config(
         None, [f"train.optimizer={optimizer}", "train.weight_decay=0.1", "train.max_grad_norm=1"]
     ).train
     G, _ = small_nets()
     update = NetworkUpdate(
-        G, make_optimizer(G.parameters(), lr=1e-2, cfg=cfg), scaler=None, max_grad_norm=1.0
+        G,
+        make_optimizer(G.parameters(), lr=1e-2, cfg=cfg),
+        scaler=torch.amp.GradScaler("cpu", init_scale=2.0**10) if scaled else None,
+        max_grad_norm=1.0,
     )
     masks = update.masks = Masks(prunable_weights(G))
     x = torch.randn(4, 1, 32, 32)
@@ -145,7 +167,7 @@ def test_pruned_weights_stay_zero_and_get_no_momentum_through_training(optimizer
             masks.set(keep)
             masks.zero_weights()
             masks.zero_optimizer_state(update.optimizer)
-        G(x).square().mean().backward()
+        update.backward(G(x).square().mean())
         assert update.step()[0]
     for name, w in masks.weights.items():
         pruned = ~masks.keep[name]
