@@ -112,6 +112,7 @@ class Tracker:
                 f"step {step}/{self._total}  {info}  "
                 f"elapsed {_clock(task.elapsed)}  ETA {_clock(task.time_remaining)}",
                 highlight=False,
+                soft_wrap=True,
             )
 
     def log_scalars(self, step: int, scalars: dict[str, float]) -> None:
@@ -149,7 +150,8 @@ class Tracker:
 
     def print(self, *objects: object) -> None:
         if self.enabled:
-            self.console.print(*objects)
+            # A log file has no width: one event, one line.
+            self.console.print(*objects, highlight=False, soft_wrap=not self.console.is_terminal)
 
     def close(self) -> None:
         if self._progress is not None:
