@@ -1,0 +1,45 @@
+"""Export a trained generator: `python scripts/export.py --checkpoint CKPT --out DIR`.
+
+CKPT: a checkpoint folder (runs/NAME/checkpoints/step-N), or a run folder (its newest).
+Writes DIR/generator.safetensors (dense), DIR/generator.compact.safetensors (sparse
+tensors as values + bitmap: a pruned generator's small file) and DIR/config.json; the
+last stdout line is one JSON object with dense_bytes, compact_bytes, sparsity, ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from distcolor.cli import run_main
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", required=True, type=Path, help="checkpoint or run folder")
+    parser.add_argument("--out", required=True, type=Path, help="output folder")
+    parser.add_argument(
+        "--weights",
+        choices=["ema", "live"],
+        default="ema",
+        help="the generator's average when the run kept one (default), or its live weights",
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace existing exports")
+    args = parser.parse_args()
+    from distcolor.export import export_generator  # torch only once the arguments are fine
+
+    result = export_generator(
+        args.checkpoint, args.out, weights=args.weights, overwrite=args.overwrite
+    )
+    print(
+        f"exported the {result['weights']} generator of step {result['step']} "
+        f"({result['parameters']:,} parameters, conv weights {result['sparsity']:.1%} zero): "
+        f"dense {result['dense_bytes'] / 2**20:.1f} MiB, compact "
+        f"{result['compact_bytes'] / 2**20:.1f} MiB ({result['compact_ratio']:.0%}) -> {args.out}"
+    )
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    run_main(main)
