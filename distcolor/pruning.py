@@ -200,9 +200,13 @@ def check_masks_agree(masks: dict[str, dict[str, torch.Tensor]], *, when: str) -
     rank, world = _world()
     if world == 1:
         return
-    mine = torch.tensor([masks_fingerprint(m) for m in masks.values()], dtype=torch.int64)
+    device = next(m for net in masks.values() for m in net.values()).device  # NCCL: on the GPU
+    mine = torch.tensor(
+        [masks_fingerprint(m) for m in masks.values()], dtype=torch.int64, device=device
+    )
     every = [torch.empty_like(mine) for _ in range(world)]
     dist.all_gather(every, mine)
+    every = [e.cpu() for e in every]
     differ = {
         name: [r for r in range(world) if every[r][i] != every[0][i]]
         for i, name in enumerate(masks)

@@ -19,10 +19,12 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from distcolor.errors import UserError
 from distcolor.models.unet import UNetGenerator
 from distcolor.pruning import (
     Masks,
     alive_after,
+    check_masks_agree,
     compute_global_masks,
     masks_fingerprint,
     prunable_weights,
@@ -51,6 +53,7 @@ def main() -> None:
     parser.add_argument("--noise", type=float, default=0.0)
     parser.add_argument("--quantize", type=float, default=0.0)
     parser.add_argument("--out", required=True, help="folder for rank<N>.json")
+    parser.add_argument("--flip-on", type=int, help="then flip one mask bit on this rank")
     args = parser.parse_args()
     dist.init_process_group("gloo")
     rank = dist.get_rank()
@@ -102,6 +105,14 @@ def main() -> None:
             }
         )
     report = {"rank": rank, "total": total, "rounds": rounds}
+    if args.flip_on is not None:
+        if rank == args.flip_on:
+            first = next(iter(masks.keep.values())).view(-1)
+            first[0] = ~first[0]
+        try:
+            check_masks_agree({"G": masks.keep}, when="in the check")
+        except UserError as err:
+            report["error"] = str(err)
     (Path(args.out) / f"rank{rank}.json").write_text(json.dumps(report))
     dist.barrier()
     dist.destroy_process_group()

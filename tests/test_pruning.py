@@ -307,3 +307,10 @@ def test_sharded_selection_equals_one_process_sort_and_ties_prune_exact_counts(t
         assert len({row["fingerprint"] for row in rows}) == 1
         assert all(row["alive"] == row["target"] for row in rows)
         assert rows[0]["pruned_max"] <= rows[0]["kept_min"]
+
+
+def test_a_rank_whose_masks_differ_stops_the_run_naming_it(tmp_path):
+    ranks = run_check(tmp_path, 3, "--rounds", "1", "--flip-on", "2")
+    for rank in ranks:  # every rank raises, with the same message
+        assert rank["error"].startswith("pruning masks differ between ranks in the check (G on ")
+        assert "G on rank(s) [2]" in rank["error"]
