@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from distcolor.config import PruneConfig
+from distcolor.errors import UserError
 from distcolor.pruning import (
     Masks,
     alive_after,
@@ -49,6 +50,9 @@ class LotteryTicket:
             self.masks["D"] = Masks(
                 prunable_weights(discriminator, keep_first_last=cfg.keep_first_last)
             )
+        empty = [name for name, masks in self.masks.items() if not masks.weights]
+        if empty:
+            raise UserError(f"prune: {' and '.join(empty)} has no prunable layer left to prune")
         self.rounds_done = 0
         self.rewind_to: dict[str, torch.Tensor] | None = None  # G at the rewind point
         self.d_init: dict[str, torch.Tensor] | None = None  # D at initialisation
@@ -79,10 +83,10 @@ class LotteryTicket:
     ) -> dict:
         """Prune, rewind and enforce (a collective: every rank calls it at the same step);
         returns the round's report: threshold and sparsity per network and per layer."""
-        self.rounds_done += 1
-        report: dict = {"step": step, "round": self.rounds_done}
+        done = self.rounds_done + 1
+        report: dict = {"step": step, "round": done}
         for name, masks in self.masks.items():
-            target = alive_after(masks.total(), rate=self.cfg.rate, rounds=self.rounds_done)
+            target = alive_after(masks.total(), rate=self.cfg.rate, rounds=done)
             keep, threshold = compute_global_masks(
                 masks.weights, masks.keep, alive_after_round=target
             )
@@ -97,7 +101,8 @@ class LotteryTicket:
                 masks.zero_optimizer_state(optimizers[name])
         if ema is not None:
             self.masks["G"].zero_in(ema.module)
-        check_masks_agree(self.keep_masks(), when=f"after pruning round {self.rounds_done}")
+        self.rounds_done = done
+        check_masks_agree(self.keep_masks(), when=f"after pruning round {done}")
         summary = {
             n: {"threshold": report[n]["threshold"], "sparsity": report[n]["sparsity"]}
             for n in self.masks
@@ -115,6 +120,12 @@ class LotteryTicket:
         if ema is not None:
             ema.module.load_state_dict(G.state_dict())
 
+    def ema_restart_step(self) -> int:
+        """The step of the last rewind (0 if none): the EMA restarted there, and its ramp-up
+        counts images from it, so the rewound weights are not dragged along for long."""
+        rewound = [h["step"] for h in self.history] if self.rewinds else []
+        return rewound[-1] if rewound else 0
+
     def keep_masks(self) -> dict[str, dict[str, torch.Tensor]]:
         return {name: masks.keep for name, masks in self.masks.items()}
 
@@ -126,6 +137,28 @@ class LotteryTicket:
             "history": self.history,
             "settings": self.cfg.model_dump(mode="json"),
         }
+
+    def check_resumable(self, state: dict, *, step: int) -> None:
+        """Refuse to continue a schedule with other settings: rounds done under one rate,
+        rewind or layer set do not continue under another. Rounds still to come may move,
+        but not to steps already passed."""
+        before, now = state.get("settings", {}), self.cfg.model_dump(mode="json")
+        changed = [
+            f"prune.{key} {before.get(key)} -> {value}"
+            for key, value in now.items()
+            if key != "at_steps" and before.get(key) != value
+        ]
+        done = int(state["round"])
+        past = before.get("at_steps", [])[:done]
+        if now["at_steps"][:done] != past:
+            changed.append(f"prune.at_steps (rounds done at {past})")
+        late = [s for s in now["at_steps"][done:] if s <= step]
+        if late:
+            changed.append(f"prune.at_steps {late} (already passed at step {step})")
+        if changed:
+            raise UserError(
+                "--resume: the checkpoint's pruning schedule differs: " + "; ".join(changed)
+            )
 
     def load_state_dict(self, state: dict) -> None:
         """Continue the saved schedule: masks (enforced at once), rounds done, snapshots."""

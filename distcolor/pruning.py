@@ -29,7 +29,15 @@ from torch import nn
 
 from distcolor.errors import UserError
 
-PRUNABLE_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.Linear)
+PRUNABLE_LAYERS = (
+    nn.Conv1d,
+    nn.Conv2d,
+    nn.Conv3d,
+    nn.ConvTranspose1d,
+    nn.ConvTranspose2d,
+    nn.ConvTranspose3d,
+    nn.Linear,
+)
 # Digit widths of the three selection passes over a non-negative float32's 31 bits.
 _PASSES = ((20, 11), (10, 10), (0, 10))
 

@@ -308,8 +308,11 @@ def train(
             set_learning_rates(opt_g, opt_d, step, tc)
             metrics = step_fn(micro)
             if ema is not None:
+                restart = ticket.ema_restart_step() if ticket is not None else 0
                 ema.update(
-                    plain_generator, images_seen=(step - 1) * step_images, step_images=step_images
+                    plain_generator,
+                    images_seen=(step - 1 - restart) * step_images,
+                    step_images=step_images,
                 )
             if ticket is not None:
                 ticket.snapshot_if_due(step)
@@ -468,6 +471,7 @@ def _lottery_ticket(
     step_fn.update_g.masks = ticket.masks["G"]
     step_fn.update_d.masks = ticket.masks.get("D")
     if saved is not None:
+        ticket.check_resumable(saved, step=int(state["step"]))
         ticket.load_state_dict(saved)
     else:
         ticket.start()

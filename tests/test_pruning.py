@@ -9,6 +9,7 @@ from torch import nn
 
 from distcolor.config import ConfigError, PruneConfig, load_config
 from distcolor.ema import GeneratorEMA
+from distcolor.errors import UserError
 from distcolor.lottery import LotteryTicket
 from distcolor.models.patchgan import PatchDiscriminator
 from distcolor.models.unet import UNetGenerator
@@ -314,3 +315,21 @@ def test_a_rank_whose_masks_differ_stops_the_run_naming_it(tmp_path):
     for rank in ranks:  # every rank raises, with the same message
         assert rank["error"].startswith("pruning masks differ between ranks in the check (G on ")
         assert "G on rank(s) [2]" in rank["error"]
+
+
+def test_the_average_restarts_its_ramp_up_at_each_rewind():
+    t, G, D = ticket("init")
+    opts = {n: torch.optim.Adam(m.parameters(), lr=1e-2) for n, m in (("G", G), ("D", D))}
+    assert t.ema_restart_step() == 0
+    t.prune_round(2, optimizers=opts)
+    assert t.ema_restart_step() == 2
+    t2, *_ = ticket("none")
+    t2.prune_round(2, optimizers=opts)
+    assert t2.ema_restart_step() == 0  # nothing was rewound: the average goes on
+
+
+def test_a_network_with_nothing_to_prune_is_a_clear_error():
+    G, _ = small_nets()
+    D = nn.Sequential(nn.BatchNorm2d(3))  # no conv at all
+    with pytest.raises(UserError, match="prune: D has no prunable layer"):
+        LotteryTicket(PruneConfig(at_steps=[1], discriminator=True), generator=G, discriminator=D)

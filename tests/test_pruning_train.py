@@ -2,6 +2,7 @@
 resume mid-schedule, one and two processes."""
 
 import json
+import re
 import shutil
 
 import pytest
@@ -87,6 +88,17 @@ def test_resuming_with_other_pruning_settings_is_a_clear_error(tmp_path, tiny_sh
     reset_accelerate()
     with pytest.raises(UserError, match="trained with pruning; resume it with its prune settings"):
         train(config("pruned", 4), resume=True)
+    for changed, message in (
+        ({"prune.rate": 0.5}, "prune.rate 0.2 -> 0.5"),
+        ({"prune.keep_first_last": "true"}, "prune.keep_first_last False -> True"),
+        ({"prune.at_steps": "[1, 2]"}, "prune.at_steps [2] (already passed at step 2)"),
+        ({"prune.at_steps": "[2, 3]"}, "prune.at_steps (rounds done at [1])"),
+    ):
+        reset_accelerate()
+        with pytest.raises(UserError, match="pruning schedule differs: " + re.escape(message)):
+            train(config("pruned", 4, **{"prune.at_steps": "[1, 3]", **changed}), resume=True)
+    reset_accelerate()  # a later round may move, to a step still ahead
+    train(config("pruned", 4, **{"prune.at_steps": "[1, 4]"}), resume=True)
 
 
 def test_two_processes_prune_identically_and_resume_mid_schedule_exactly(tmp_path, tiny_shards):
