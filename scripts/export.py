@@ -1,9 +1,10 @@
 """Export a trained generator: `python scripts/export.py --checkpoint CKPT --out DIR`.
 
-CKPT: a checkpoint folder (runs/NAME/checkpoints/step-N), or a run folder (its newest).
-Writes DIR/generator.safetensors (dense), DIR/generator.compact.safetensors (sparse
-tensors as values + bitmap: a pruned generator's small file) and DIR/config.json; the
-last stdout line is one JSON object with dense_bytes, compact_bytes, sparsity, ...
+CKPT: a run folder (its newest complete checkpoint), a checkpoint folder
+(runs/NAME/checkpoints/step-N) or its state.pt. Writes DIR/generator.safetensors (dense),
+DIR/generator.compact.safetensors (sparse tensors as values + bitmap: a pruned
+generator's small file) and DIR/config.json; the last stdout line is one JSON object
+with dense_bytes, compact_bytes, compact_ratio, sparsity, overall_sparsity, ...
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ from distcolor.cli import run_main
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", required=True, type=Path, help="checkpoint or run folder")
+    parser.add_argument(
+        "--checkpoint", required=True, type=Path, help="run folder, checkpoint folder or state.pt"
+    )
     parser.add_argument("--out", required=True, type=Path, help="output folder")
     parser.add_argument(
         "--weights",
@@ -32,11 +35,17 @@ def main() -> None:
     result = export_generator(
         args.checkpoint, args.out, weights=args.weights, overwrite=args.overwrite
     )
+    if "note" in result:
+        print(f"note: {result['note']}")
+    rounds = result["pruning_rounds"]
     print(
-        f"exported the {result['weights']} generator of step {result['step']} "
-        f"({result['parameters']:,} parameters, conv weights {result['sparsity']:.1%} zero): "
-        f"dense {result['dense_bytes'] / 2**20:.1f} MiB, compact "
-        f"{result['compact_bytes'] / 2**20:.1f} MiB ({result['compact_ratio']:.0%}) -> {args.out}"
+        f"exported the {result['weights']} generator of step {result['step']} from "
+        f"{result['checkpoint']}: {result['parameters']:,} parameters, conv weights "
+        f"{result['sparsity']:.1%} zero" + (f" ({rounds} pruning rounds)" if rounds else "")
+    )
+    print(
+        f"dense {result['dense_bytes'] / 1e6:.1f} MB, compact {result['compact_bytes'] / 1e6:.1f}"
+        f" MB ({result['compact_ratio']:.1%} of dense) -> {args.out}"
     )
     print(json.dumps(result))
 

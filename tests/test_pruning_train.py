@@ -6,10 +6,12 @@ import re
 import shutil
 
 import pytest
+import torch
 
 from distcolor.checkpoint import checkpoint_path, load_checkpoint
 from distcolor.config import load_config
 from distcolor.errors import UserError
+from distcolor.export import COMPACT, export_generator, load_compact
 from distcolor.trainer import train
 from tests.conftest import reset_accelerate, tiny_overrides
 from tests.helpers import TRAINING_STATE, assert_bitwise_equal
@@ -119,3 +121,27 @@ def test_two_processes_prune_identically_and_resume_mid_schedule_exactly(tmp_pat
     assert_pruned_state(a, rounds=3)
     for key in (*TRAINING_STATE, "prune", "rng", "loader"):
         assert_bitwise_equal(a[key], b[key], key)
+
+
+def test_a_run_pruned_5_times_exports_to_a_compact_file_that_loads_back_exactly(
+    tmp_path, tiny_shards
+):
+    extra = {
+        "prune.at_steps": "[1, 2, 3, 4, 5]",
+        "train.max_steps": 6,
+        "train.ema_half_life": 50,
+        "train.eval_images": 0,
+        "model.generator.width": 16,
+    }
+    cfg = load_config(None, tiny_overrides(tmp_path, tiny_shards, **extra))
+    train(cfg)
+    result = export_generator(cfg.run_dir, tmp_path / "exported")
+    assert result["pruning_rounds"] == 5 and result["weights"] == "ema"
+    assert result["sparsity"] == pytest.approx(1 - 0.8**5, abs=1e-4)  # 67.2%
+    assert result["compact_bytes"] <= 0.45 * result["dense_bytes"]
+    saved = load_checkpoint(checkpoint_path(cfg.run_dir / "checkpoints", 6))["G_ema"]
+    loaded, _ = load_compact(tmp_path / "exported" / COMPACT)
+    assert_bitwise_equal(
+        {k: v.view(torch.int32) if v.dtype == torch.float32 else v for k, v in loaded.items()},
+        {k: v.view(torch.int32) if v.dtype == torch.float32 else v for k, v in saved.items()},
+    )
