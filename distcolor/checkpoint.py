@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from distcolor.errors import UserError
+from distcolor.errors import UserError, first_line
 
 _NAME = re.compile(r"^step-(\d{8})$")
 STATE, MARKER = "state.pt", "COMPLETE"
@@ -101,8 +101,7 @@ def load_checkpoint(path: Path) -> dict:
     try:
         return torch.load(file, map_location="cpu", weights_only=True)
     except Exception as err:  # a damaged file can fail anywhere in the unpickler
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise UserError(f"checkpoint {path} cannot be read: {reason}") from None
+        raise UserError(f"checkpoint {path} cannot be read: {first_line(err)}") from None
 
 
 def load_parts(state: dict, parts: dict, path: Path) -> None:
@@ -111,8 +110,7 @@ def load_parts(state: dict, parts: dict, path: Path) -> None:
         for key, part in parts.items():
             part.load_state_dict(state[key])
     except (RuntimeError, KeyError, ValueError) as err:
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise UserError(f"--resume: {path} does not fit this config ({reason})") from None
+        raise UserError(f"--resume: {path} does not fit this config ({first_line(err)})") from None
 
 
 def restore(candidates: list[Path], models: dict[str, nn.Module], log=print) -> tuple[dict, Path]:

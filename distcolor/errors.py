@@ -7,3 +7,8 @@ class UserError(Exception):
 
 class ConfigError(UserError):
     """A config key is unknown, has the wrong type or an impossible value."""
+
+
+def first_line(err: BaseException) -> str:
+    """An exception's message cut to its first line (for one-line user errors)."""
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]

@@ -39,7 +39,7 @@ from distcolor.checkpoint import (
     load_checkpoint,
 )
 from distcolor.config import ModelConfig, config_from_dict
-from distcolor.errors import UserError
+from distcolor.errors import UserError, first_line
 from distcolor.models.build import build_generator
 from distcolor.models.unet import UNetGenerator
 
@@ -48,10 +48,6 @@ FORMAT = "distcolor-generator/1"
 WEIGHTS = ("ema", "live")
 _VALUES, _BITMAP = ".__values", ".__bitmap"
 _INT_OF_SIZE = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
-
-
-def _first_line(err: BaseException) -> str:
-    return (str(err).strip().splitlines() or [type(err).__name__])[0]
 
 
 # --- the compact encoding -------------------------------------------------------------
@@ -354,14 +350,14 @@ def load_compact(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
             meta = dict(f.metadata() or {})
             tensors = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118
     except (SafetensorError, OSError, ValueError, RuntimeError) as err:
-        raise UserError(f"{path}: not a readable safetensors file ({_first_line(err)})") from None
+        raise UserError(f"{path}: not a readable safetensors file ({first_line(err)})") from None
     found = meta.get("format")
     if found != FORMAT:
         raise UserError(f"{path}: not a {FORMAT} export (its format is {found!r})")
     try:
         return expand_tensors(tensors, json.loads(meta.get("encoded", "{}"))), meta
     except (ValueError, KeyError, TypeError) as err:
-        raise UserError(f"{path}: damaged compact encoding ({_first_line(err)})") from None
+        raise UserError(f"{path}: damaged compact encoding ({first_line(err)})") from None
 
 
 def load_exported(path: Path) -> UNetGenerator:
@@ -378,6 +374,6 @@ def load_exported(path: Path) -> UNetGenerator:
     try:
         model_cfg = ModelConfig.model_validate_json(meta.get("model", ""))
     except ValidationError as err:
-        reason = _first_line(err)
+        reason = first_line(err)
         raise UserError(f"{path}: its model config is missing or not valid ({reason})") from None
     return _fitted_generator(model_cfg, state, path).eval()

@@ -257,32 +257,41 @@ class Masks:
 
     @torch.no_grad()
     def zero_grads(self) -> None:
-        pairs = [(w.grad, f) for w, f in zip(self.weights.values(), self._factors, strict=False)]
-        pairs = [(g, f) for g, f in pairs if g is not None]
+        if not self.active:
+            return
+        pairs = [
+            (w.grad, f)
+            for w, f in zip(self.weights.values(), self._factors, strict=True)
+            if w.grad is not None
+        ]
         if pairs:
             torch._foreach_mul_([g for g, _ in pairs], [f for _, f in pairs])
 
     @torch.no_grad()
     def enforce_weights(self) -> None:
-        if self._factors:
+        if self.active:
             torch._foreach_mul_(list(self.weights.values()), self._factors)
 
     @torch.no_grad()
     def zero_weights(self) -> None:
-        for (name, w), _ in zip(self.weights.items(), self._factors, strict=False):
-            w.masked_fill_(~self.keep[name], 0.0)
+        if self.active:
+            for name, w in self.weights.items():
+                w.masked_fill_(~self.keep[name], 0.0)
 
     @torch.no_grad()
     def zero_in(self, module: nn.Module) -> None:
         """Zero the pruned positions of the same-named weights of another copy (the EMA)."""
-        params = dict(module.named_parameters())
-        for name, _ in zip(self.weights, self._factors, strict=False):
-            params[name].masked_fill_(~self.keep[name], 0.0)
+        if self.active:
+            params = dict(module.named_parameters())
+            for name in self.weights:
+                params[name].masked_fill_(~self.keep[name], 0.0)
 
     @torch.no_grad()
     def zero_optimizer_state(self, optimizer: torch.optim.Optimizer) -> None:
         """Zero every per-weight state tensor (Adam's moments) at pruned positions."""
-        for (name, w), _ in zip(self.weights.items(), self._factors, strict=False):
+        if not self.active:
+            return
+        for name, w in self.weights.items():
             for value in optimizer.state.get(w, {}).values():
                 if torch.is_tensor(value) and value.shape == w.shape:
                     value.masked_fill_(~self.keep[name], 0.0)

@@ -72,3 +72,15 @@ def assert_bitwise_equal(a, b, path="state"):
 
 
 TRAINING_STATE = ("G", "G_ema", "D", "steps")  # weights, averages, optimizers and scalers
+
+
+def copy_stopped_at(run_dir, copy_dir, *, drop_steps) -> None:
+    """`run_dir` as it was before its checkpoints at `drop_steps` existed, copied to
+    `copy_dir`: a run stopped earlier, to resume and compare with the straight one."""
+    import shutil
+
+    from distcolor.checkpoint import checkpoint_path
+
+    shutil.copytree(run_dir, copy_dir)
+    for step in drop_steps:
+        shutil.rmtree(checkpoint_path(copy_dir / "checkpoints", step))

@@ -2,7 +2,6 @@
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -15,6 +14,7 @@ from tests.conftest import tiny_overrides
 from tests.helpers import (
     TRAINING_STATE,
     assert_bitwise_equal,
+    copy_stopped_at,
     scene_samples,
     write_sample_shards,
 )
@@ -94,8 +94,7 @@ def test_two_process_resume_with_accumulation_is_bitwise_exact(tmp_path, tiny_sh
     assert proc.returncode == 0, proc.stderr[-3000:]
     # Stopped after step 2: the same run with only its step-2 checkpoint left, resumed.
     straight, resumed = tmp_path / "runs/tiny", tmp_path / "runs/resumed"
-    shutil.copytree(straight, resumed)
-    shutil.rmtree(resumed / "checkpoints/step-00000004")
+    copy_stopped_at(straight, resumed, drop_steps=[4])
     args = tiny_overrides(tmp_path, tiny_shards, **extra, **{"run.name": "resumed"})
     proc = torchrun(2, "scripts/train.py", "--resume", *args)
     assert proc.returncode == 0, proc.stderr[-3000:]

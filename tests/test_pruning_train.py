@@ -3,7 +3,6 @@ resume mid-schedule, one and two processes."""
 
 import json
 import re
-import shutil
 
 import pytest
 import torch
@@ -14,7 +13,7 @@ from distcolor.errors import UserError
 from distcolor.export import COMPACT, export_generator, load_compact
 from distcolor.trainer import train
 from tests.conftest import reset_accelerate, tiny_overrides
-from tests.helpers import TRAINING_STATE, assert_bitwise_equal
+from tests.helpers import TRAINING_STATE, assert_bitwise_equal, copy_stopped_at
 from tests.test_distributed import torchrun
 from tests.test_pruning import zero_bits
 
@@ -65,8 +64,7 @@ def test_pruned_run_records_rounds_and_resumes_mid_schedule_exactly(tmp_path, ti
 
     # Stopped at step 3 (between rounds), resumed: the same weights, masks and snapshots.
     resumed = tmp_path / "runs/resumed"
-    shutil.copytree(run, resumed)
-    shutil.rmtree(resumed / "checkpoints/step-00000006")
+    copy_stopped_at(run, resumed, drop_steps=[6])
     again = load_config(
         None, tiny_overrides(tmp_path, tiny_shards, **PRUNED, **{"run.name": "resumed"})
     )
@@ -111,8 +109,7 @@ def test_two_processes_prune_identically_and_resume_mid_schedule_exactly(tmp_pat
     assert len(rounds) == 3 and all("held-out L1" in line for line in rounds)  # one line each
     assert "pruning round 3: G 48.8% pruned" in rounds[2] and "D 48.8% pruned" in rounds[2]
     straight, resumed = tmp_path / "runs/tiny", tmp_path / "runs/resumed"
-    shutil.copytree(straight, resumed)
-    shutil.rmtree(resumed / "checkpoints/step-00000006")
+    copy_stopped_at(straight, resumed, drop_steps=[6])
     args = tiny_overrides(tmp_path, tiny_shards, **extra, **{"run.name": "resumed"})
     proc = torchrun(2, "scripts/train.py", "--resume", *args)
     assert proc.returncode == 0, proc.stderr[-3000:]
