@@ -61,20 +61,34 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def save_checkpoint(
-    state: dict, directory: Path, *, step: int, keep_last: int, keep_every: int | None = None
-) -> Path:
-    """Write `state` as step-NNNNNNNN/ (temp folder, data, marker, rename), then prune."""
+def staging_path(directory: Path, step: int) -> Path:
+    """The hidden folder a checkpoint is written into before it is renamed into place."""
+    return Path(directory) / f".{checkpoint_path(directory, step).name}.tmp"
+
+
+def begin_checkpoint(directory: Path, step: int) -> Path:
+    """Make a fresh, empty staging folder for step `step` (rank 0; other writers, such as
+    DeepSpeed's per-rank shards, wait for it and then write into it too)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    final = checkpoint_path(directory, step)
     for stale in directory.glob(".step-*.tmp"):  # left by a crash mid-write: never complete
         shutil.rmtree(stale, ignore_errors=True)
-    tmp = directory / f".{final.name}.tmp"
+    tmp = staging_path(directory, step)
     tmp.mkdir()
-    torch.save(state, tmp / STATE)
-    _fsync(tmp / STATE)  # the data is on disk before the marker says so
-    (tmp / MARKER).write_text(json.dumps({"step": step, "files": [STATE]}) + "\n")
+    return tmp
+
+
+def finish_checkpoint(
+    tmp: Path, directory: Path, *, step: int, keep_last: int, keep_every: int | None = None
+) -> Path:
+    """Make the staged folder a checkpoint: fsync every file, write the marker, rename it
+    into place, then prune old ones."""
+    directory = Path(directory)
+    final = checkpoint_path(directory, step)
+    files = sorted(str(f.relative_to(tmp)) for f in tmp.rglob("*") if f.is_file())
+    for name in files:
+        _fsync(tmp / name)  # the data is on disk before the marker says so
+    (tmp / MARKER).write_text(json.dumps({"step": step, "files": files}) + "\n")
     _fsync(tmp / MARKER)
     if final.exists():  # the same step again (a resumed run's end): replace it
         shutil.rmtree(final)
@@ -82,6 +96,15 @@ def save_checkpoint(
     _fsync(directory)
     prune_checkpoints(directory, keep_last=keep_last, keep_every=keep_every)
     return final
+
+
+def save_checkpoint(
+    state: dict, directory: Path, *, step: int, keep_last: int, keep_every: int | None = None
+) -> Path:
+    """Write `state` as step-NNNNNNNN/ (temp folder, data, marker, rename), then prune."""
+    tmp = begin_checkpoint(directory, step)
+    torch.save(state, tmp / STATE)
+    return finish_checkpoint(tmp, directory, step=step, keep_last=keep_last, keep_every=keep_every)
 
 
 def prune_checkpoints(directory: Path, *, keep_last: int, keep_every: int | None) -> None:

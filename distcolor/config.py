@@ -205,6 +205,9 @@ class TrainConfig(Section):
     max_bad_steps: int = Field(20, ge=1)
     """Stop after this many consecutive steps whose loss or gradients were not finite
     (each such step is skipped; fp16 overflows early in a run are normal)."""
+    backend: Literal["ddp", "deepspeed"] | None = None
+    """ddp (PyTorch DistributedDataParallel) or deepspeed (ZeRO, the `deepspeed` section);
+    null: deepspeed when `accelerate launch` was given a DeepSpeed config, else ddp."""
 
     @field_validator("mixed_precision", mode="before")
     @classmethod
@@ -267,6 +270,21 @@ class PruneConfig(Section):
         return steps
 
 
+class DeepSpeedConfig(Section):
+    """DeepSpeed settings, used when train.backend is deepspeed. Each network gets its own
+    engine, built from the same JSON file; batch size, accumulation, clipping and precision
+    in it may be "auto" and are then filled from data/train."""
+
+    config: str | None = None
+    """DeepSpeed JSON config (configs/deepspeed/zero{1,2,3}.json); null: the file `accelerate
+    launch` was given (deepspeed_config_file), else ZeRO stage 2 with nothing else set."""
+    stage: Literal[0, 1, 2, 3] | None = None
+    """Override the file's zero_optimization.stage (0: DeepSpeed without ZeRO)."""
+    offload_optimizer: Literal["none", "cpu"] | None = None
+    """Keep optimizer state (and, stage 3, its update) in CPU memory (ZeRO-2/3 only);
+    null: as the file (or accelerate's offload_optimizer_device) says."""
+
+
 class Config(Section):
     run: RunConfig = RunConfig()
     data: DataConfig = DataConfig()
@@ -274,6 +292,7 @@ class Config(Section):
     train: TrainConfig = TrainConfig()
     prune: PruneConfig | None = None
     """Lottery-ticket pruning (null: off)."""
+    deepspeed: DeepSpeedConfig = DeepSpeedConfig()
 
     @model_validator(mode="after")
     def _prune_schedule_fits(self) -> Config:

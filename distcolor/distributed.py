@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import os
 
 import torch
 import torch.distributed as dist
@@ -21,13 +22,21 @@ def build_accelerator(cfg: Config) -> Accelerator:
     # dispatch_batches off so no code path ever makes rank 0 read for everyone. Mixed
     # precision is ours (distcolor/precision.py): Accelerate's would wrap the forwards in
     # autocast and share one GradScaler between the two networks.
-    return Accelerator(
-        # Without a GPU, say so: otherwise a torchrun / accelerate launch of several CPU
-        # processes without ACCELERATE_USE_CPU=1 gives ranks that each think they are alone.
-        cpu=not torch.cuda.is_available(),
-        mixed_precision="no",
-        dataloader_config=DataLoaderConfiguration(dispatch_batches=False),
-    )
+    # Under train.backend=deepspeed the trainer builds DeepSpeed's engines itself (one per
+    # network); Accelerate only starts the processes and the process group, so it must not
+    # take the DeepSpeed launch for a request to wrap a single model.
+    hidden = os.environ.pop("ACCELERATE_USE_DEEPSPEED", None)
+    try:
+        return Accelerator(
+            # Without a GPU, say so: otherwise a torchrun / accelerate launch of several CPU
+            # processes without ACCELERATE_USE_CPU=1 gives ranks that each think they are alone.
+            cpu=not torch.cuda.is_available(),
+            mixed_precision="no",
+            dataloader_config=DataLoaderConfiguration(dispatch_batches=False),
+        )
+    finally:
+        if hidden is not None:
+            os.environ["ACCELERATE_USE_DEEPSPEED"] = hidden
 
 
 def rank_and_world(accelerator: Accelerator) -> tuple[int, int]:

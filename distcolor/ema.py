@@ -24,7 +24,7 @@ class GeneratorEMA:
     """
 
     def __init__(self, generator: nn.Module, *, half_life: float, rampup: float | None) -> None:
-        self.module = copy.deepcopy(generator).eval().requires_grad_(False)
+        self.module = copy.deepcopy(generator).float().eval().requires_grad_(False)
         self.half_life, self.rampup = half_life, rampup
 
     def beta(self, *, images_seen: int, step_images: int) -> float:
@@ -39,7 +39,9 @@ class GeneratorEMA:
         """Fold the live weights in; `images_seen` counts the images before this step."""
         beta = self.beta(images_seen=images_seen, step_images=step_images)
         averaged = list(self.module.parameters())
-        live = [p.detach() for p in generator.parameters()]
+        # float32 whatever the live copy's dtype (DeepSpeed trains bf16/fp16 modules)
+        pairs = zip(generator.parameters(), averaged, strict=True)
+        live = [p.detach().to(a.dtype) for p, a in pairs]
         torch._foreach_lerp_(averaged, live, 1.0 - beta)
         for mine, theirs in zip(self.module.buffers(), generator.buffers(), strict=True):
             mine.copy_(theirs)

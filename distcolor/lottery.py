@@ -25,31 +25,45 @@ from torch import nn
 
 from distcolor.config import PruneConfig
 from distcolor.errors import UserError
-from distcolor.pruning import (
-    Masks,
-    alive_after,
-    check_masks_agree,
-    compute_global_masks,
-    prunable_weights,
-)
+from distcolor.pruning import Masks, alive_after, check_masks_agree, prunable_weights
 
 
-def _snapshot(module: nn.Module) -> dict[str, torch.Tensor]:
-    """A CPU copy of `module`'s state (parameters and buffers), as a rewind target."""
-    return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
+class PlainNetwork:
+    """A network whose parameters are whole on every rank (one process, DDP). The ZeRO
+    counterpart, with the same methods, is `distcolor.zero_shards.ZeroNetwork`."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.module = module
+
+    def masks(self, *, keep_first_last: bool) -> Masks:
+        return Masks(prunable_weights(self.module, keep_first_last=keep_first_last))
+
+    def snapshot(self) -> dict[str, torch.Tensor]:
+        """A CPU copy of the state (parameters and buffers), as a rewind target."""
+        return {k: v.detach().to("cpu", copy=True) for k, v in self.module.state_dict().items()}
+
+    def load(self, state: dict[str, torch.Tensor]) -> None:
+        self.module.load_state_dict(state)
+
+    @staticmethod
+    def reset_optimizer(optimizer: torch.optim.Optimizer) -> None:
+        optimizer.state.clear()  # Adam and AdaBelief start afresh at their next step
 
 
 class LotteryTicket:
-    """Iterative magnitude pruning with rewinding, for the plain (unwrapped) networks."""
+    """Iterative magnitude pruning with rewinding. `generator` and `discriminator` are the
+    plain (unwrapped) modules, or `ZeroNetwork`s under DeepSpeed."""
 
-    def __init__(self, cfg: PruneConfig, *, generator: nn.Module, discriminator: nn.Module):
+    def __init__(self, cfg: PruneConfig, *, generator, discriminator):
         self.cfg = cfg
-        self.networks = {"G": generator, "D": discriminator}
-        self.masks = {"G": Masks(prunable_weights(generator, keep_first_last=cfg.keep_first_last))}
+        self.networks = {
+            name: net if hasattr(net, "snapshot") else PlainNetwork(net)
+            for name, net in (("G", generator), ("D", discriminator))
+        }
+        keep = cfg.keep_first_last
+        self.masks = {"G": self.networks["G"].masks(keep_first_last=keep)}
         if cfg.discriminator:
-            self.masks["D"] = Masks(
-                prunable_weights(discriminator, keep_first_last=cfg.keep_first_last)
-            )
+            self.masks["D"] = self.networks["D"].masks(keep_first_last=keep)
         empty = [name for name, masks in self.masks.items() if not masks.weights]
         if empty:
             raise UserError(f"prune: {' and '.join(empty)} has no prunable layer left to prune")
@@ -65,14 +79,14 @@ class LotteryTicket:
     def start(self) -> None:
         """Snapshots a new run needs at step 0 (before the first update)."""
         if self.rewinds and self.cfg.reset_discriminator:
-            self.d_init = _snapshot(self.networks["D"])
+            self.d_init = self.networks["D"].snapshot()
         self.snapshot_if_due(0)
 
     def snapshot_if_due(self, step: int) -> None:
         """Keep G's weights after `step` when that is the rewind point."""
         point = 0 if self.cfg.rewind == "init" else self.cfg.rewind_step
         if self.rewinds and step == point:
-            self.rewind_to = _snapshot(self.networks["G"])
+            self.rewind_to = self.networks["G"].snapshot()
 
     def round_due(self, step: int) -> bool:
         schedule = self.cfg.at_steps
@@ -87,9 +101,7 @@ class LotteryTicket:
         report: dict = {"step": step, "round": done}
         for name, masks in self.masks.items():
             target = alive_after(masks.total(), rate=self.cfg.rate, rounds=done)
-            keep, threshold = compute_global_masks(
-                masks.weights, masks.keep, alive_after_round=target
-            )
+            keep, threshold = masks.select(alive_after_round=target)
             masks.set(keep)
             overall, per_layer = masks.sparsity()
             report[name] = {"threshold": threshold, "sparsity": overall, "layers": per_layer}
@@ -112,13 +124,13 @@ class LotteryTicket:
 
     def _rewind(self, optimizers: dict[str, torch.optim.Optimizer], ema) -> None:
         G, D = self.networks["G"], self.networks["D"]
-        G.load_state_dict(self.rewind_to)
+        G.load(self.rewind_to)
         if self.cfg.reset_discriminator:
-            D.load_state_dict(self.d_init)
-        for optimizer in optimizers.values():
-            optimizer.state.clear()  # Adam and AdaBelief start afresh at their next step
+            D.load(self.d_init)
+        for name, optimizer in optimizers.items():
+            self.networks[name].reset_optimizer(optimizer)
         if ema is not None:
-            ema.module.load_state_dict(G.state_dict())
+            ema.module.load_state_dict(self.rewind_to)
 
     def ema_restart_step(self) -> int:
         """The step of the last rewind (0 if none): the EMA restarted there, and its ramp-up

@@ -208,7 +208,9 @@ def check_masks_agree(masks: dict[str, dict[str, torch.Tensor]], *, when: str) -
     rank, world = _world()
     if world == 1:
         return
-    device = next(m for net in masks.values() for m in net.values()).device  # NCCL: on the GPU
+    device = next(m for net in masks.values() for m in net.values()).device
+    if dist.get_backend() == "nccl" and device.type != "cuda":  # NCCL takes GPU tensors only
+        device = torch.device("cuda", torch.cuda.current_device())
     mine = torch.tensor(
         [masks_fingerprint(m) for m in masks.values()], dtype=torch.int64, device=device
     )
@@ -254,6 +256,11 @@ class Masks:
     @property
     def active(self) -> bool:
         return bool(self._factors)
+
+    def select(self, *, alive_after_round: int) -> tuple[dict[str, torch.Tensor], float]:
+        """A round's new masks: the `alive_after_round` largest alive weights stay (a
+        collective); returns (masks, threshold)."""
+        return compute_global_masks(self.weights, self.keep, alive_after_round=alive_after_round)
 
     @torch.no_grad()
     def zero_grads(self) -> None:

@@ -15,6 +15,7 @@ import json
 import subprocess
 import time
 from collections.abc import Iterable
+from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
 
@@ -25,12 +26,16 @@ from torch import nn
 
 from distcolor import __version__
 from distcolor.checkpoint import (
+    STATE,
+    begin_checkpoint,
+    finish_checkpoint,
     is_complete,
     latest_checkpoint,
     list_checkpoints,
     load_parts,
     restore,
     save_checkpoint,
+    staging_path,
 )
 from distcolor.color import lab_inputs
 from distcolor.config import Config, config_to_yaml
@@ -38,6 +43,7 @@ from distcolor.data.batching import recycle_batches
 from distcolor.data.catalog import read_manifest, shard_list
 from distcolor.data.loader import LoaderState, build_eval_loader, build_train_loader
 from distcolor.data.shards import ensure_shards
+from distcolor.deepspeed_config import resolve_backend
 from distcolor.distributed import (
     broadcast_buffers,
     build_accelerator,
@@ -55,7 +61,7 @@ from distcolor.metrics import held_out_l1
 from distcolor.models import build_models, count_parameters, init_seed
 from distcolor.monitor import log_monitoring
 from distcolor.optim import set_learning_rates
-from distcolor.precision import Precision, resolve_precision
+from distcolor.precision import DTYPES, Precision, resolve_precision
 from distcolor.preemption import StopRequest
 from distcolor.step import GANStep
 from distcolor.tracking import Tracker, sample_grid, trim_metrics
@@ -172,6 +178,11 @@ def train(
     run_dir, ckpt_dir = cfg.run_dir, cfg.run_dir / "checkpoints"
     candidates = _resume_candidates(resume, ckpt_dir)
     accelerator = build_accelerator(cfg)
+    backend = resolve_backend(cfg.train.backend)
+    if backend == "deepspeed":
+        from distcolor import deepspeed_step as ds
+
+        ds.init_distributed(accelerator.device)
     rank, world = rank_and_world(accelerator)
     is_main = accelerator.is_main_process
     log = print if is_main else (lambda *_: None)
@@ -193,8 +204,10 @@ def train(
         log(f"--resume auto: no checkpoint in {ckpt_dir} yet; starting the run")
     resume = bool(candidates)
     if resume:
-        state, ckpt_path = restore(candidates, models={"G": generator, "D": discriminator}, log=log)
-        _check_resumable(state, cfg, log)
+        # DeepSpeed's engines load their own part once they exist (below).
+        models = {"G": generator, "D": discriminator} if backend == "ddp" else {}
+        state, ckpt_path = restore(candidates, models=models, log=log)
+        _check_resumable(state, cfg, log, backend=backend, world=world)
         _restore_rng(state, rank, world)
         seed = state.get("init_seed", seed)  # the seed that made these weights
         start_step = int(state["step"])
@@ -215,12 +228,48 @@ def train(
         f"{cfg.data.batch_size} x {world} process(es)"
     )
     data, tc = cfg.data, cfg.train
-    precision = Precision(resolve_precision(tc.mixed_precision), accelerator.device)
-    step_fn = GANStep.build(cfg, accelerator, generator, discriminator, precision)
-    if resume:
-        load_parts(state, {"steps": step_fn}, ckpt_path)
+    ema = None
+    if tc.ema_half_life is not None:  # a float32 copy, made before DeepSpeed casts G
+        ema = GeneratorEMA(generator, half_life=tc.ema_half_life, rampup=tc.ema_rampup)
+    if backend == "deepspeed":
+        step_fn, mode = ds.DeepSpeedGANStep.build(
+            cfg, generator, discriminator, world=world, precision=_chosen_precision(tc)
+        )
+        precision = Precision(mode, accelerator.device)
+        engines = {"G": step_fn.G, "D": step_fn.D}
+        if resume:
+            from distcolor.deepspeed_checkpoint import load_engines
+
+            load_engines(engines, ckpt_path)
+        plain_generator, plain_discriminator = step_fn.G.module, step_fn.D.module
+    else:
+        precision = Precision(resolve_precision(tc.mixed_precision), accelerator.device)
+        step_fn = GANStep.build(cfg, accelerator, generator, discriminator, precision)
+        if resume:
+            load_parts(state, {"steps": step_fn}, ckpt_path)
+        # For rank-local forwards (samples, evaluation) that must not run DDP's collectives.
+        plain_generator = accelerator.unwrap_model(step_fn.G)
+        plain_discriminator = accelerator.unwrap_model(step_fn.D)
     generator, discriminator = step_fn.G, step_fn.D
     opt_g, opt_d = step_fn.optimizers
+    # Whole weights for the EMA: a no-op except under ZeRO-3 (a collective there).
+    gathered = ds.gathered if backend == "deepspeed" else _no_gather
+    if backend == "deepspeed":
+        # DeepSpeed's modules are bf16/fp16 and, under ZeRO-3, partitioned with collective
+        # forward hooks: rank-local work (samples, probes, evaluation) runs on float32
+        # copies refreshed from the master weights (a collective, when that work is due).
+        local_g, local_d = build_models(cfg.model, seed=seed)
+        g_net, d_net = step_fn.update_g.network, step_fn.update_d.network
+
+        def refresh() -> None:
+            local_g.load_state_dict(g_net.snapshot())
+            local_d.load_state_dict(d_net.snapshot())
+    else:
+        local_g, local_d = plain_generator, plain_discriminator
+
+        def refresh() -> None:
+            pass
+
     if is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(config_to_yaml(cfg))
@@ -228,19 +277,17 @@ def train(
         if resume:
             trim_metrics(run_dir, start_step)
 
-    # For rank-local forwards (samples, evaluation) that must not run DDP's collectives.
-    plain_generator = accelerator.unwrap_model(generator)
-    plain_discriminator = accelerator.unwrap_model(discriminator)
-    ticket = _lottery_ticket(
-        cfg, plain_generator, plain_discriminator, step_fn, state if resume else None
+    networks = (
+        (step_fn.update_g.network, step_fn.update_d.network)
+        if backend == "deepspeed"
+        else (plain_generator, plain_discriminator)
     )
-    ema = None
-    if tc.ema_half_life is not None:
-        ema = GeneratorEMA(plain_generator, half_life=tc.ema_half_life, rampup=tc.ema_rampup)
-        if resume:
-            _resume_ema(ema, state, log)
+    ticket = _lottery_ticket(cfg, *networks, step_fn, state if resume else None)
+    if ema is not None and resume:
+        with gathered(plain_generator):
+            _resume_ema(ema, state, plain_generator, log)
     # Samples and evaluation use the averaged generator when there is one.
-    sampler = ema.module if ema is not None else plain_generator
+    sampler = ema.module if ema is not None else local_g
     peak = peak_flops(accelerator.device, precision.mode, tc.peak_flops)
     loader = (
         batches
@@ -276,16 +323,11 @@ def train(
     device = accelerator.device
     version = code_version()
     replicas = {"G": plain_generator, "D": plain_discriminator}
+    histogrammed = {"G": local_g, "D": local_d}
     if ema is not None:
-        replicas["G_ema"] = ema.module
+        replicas["G_ema"] = histogrammed["G_ema"] = ema.module
     probe = partial(
-        _probe_losses,
-        plain_generator,
-        plain_discriminator,
-        step_fn.objective,
-        fixed,
-        device,
-        precision,
+        _probe_losses, local_g, local_d, step_fn.objective, fixed, device, precision, refresh
     )
     stopped_at = None
     tracker = Tracker(run_dir, enabled=is_main, total_steps=tc.max_steps, start_step=start_step)
@@ -309,11 +351,12 @@ def train(
             metrics = step_fn(micro)
             if ema is not None:
                 restart = ticket.ema_restart_step() if ticket is not None else 0
-                ema.update(
-                    plain_generator,
-                    images_seen=(step - 1 - restart) * step_images,
-                    step_images=step_images,
-                )
+                with gathered(plain_generator):
+                    ema.update(
+                        plain_generator,
+                        images_seen=(step - 1 - restart) * step_images,
+                        step_images=step_images,
+                    )
             if ticket is not None:
                 ticket.snapshot_if_due(step)
                 if ticket.round_due(step):
@@ -371,13 +414,17 @@ def train(
                 tracker.advance(step)
 
             last = step == tc.max_steps
-            if is_main and fixed is not None and (step % tc.sample_every == 0 or last):
+            sample_due = step % tc.sample_every == 0 or last
+            hist_due = step % tc.hist_every == 0 or last
+            if sample_due or hist_due:
+                refresh()
+            if is_main and fixed is not None and sample_due:
                 tracker.log_samples(step, _samples(sampler, fixed, device))
-            if is_main and fixed is not None and (step % tc.hist_every == 0 or last):
+            if is_main and fixed is not None and hist_due:
                 # Drift to grey or sepia shows here first: colourfulness, hue spread and
                 # chroma histograms of the fixed samples, plus weight histograms.
                 log_monitoring(
-                    tracker, step, sampler=sampler, batch=fixed, device=device, models=replicas
+                    tracker, step, sampler=sampler, batch=fixed, device=device, models=histogrammed
                 )
 
             stop = stop_request.agreed(device)
@@ -386,28 +433,32 @@ def train(
                 # after every rank has checked it holds the same weights (collectives).
                 check_replicas(replicas, step=step, device=device)
                 per_rank = gather_object([{"loader": positions.state_dict(), "rng": _rng_state()}])
-                nets = [plain_generator, discriminator] + ([ema.module] if ema else [])
-                if is_main and not _all_finite(nets):
-                    # Batch-norm statistics can turn non-finite even when every bad update
-                    # was skipped; never let such a state replace a good checkpoint.
+                nets = [plain_generator, plain_discriminator] + ([ema.module] if ema else [])
+                state = {
+                    "step": step,
+                    "init_seed": seed,
+                    "backend": backend,
+                    "G_ema": ema.state_dict() if ema is not None else None,
+                    "prune": ticket.state_dict() if ticket is not None else None,
+                    "steps": step_fn.state_dict(),
+                    "loader": [r["loader"] for r in per_rank],
+                    "rng": [r["rng"] for r in per_rank],
+                    "config": cfg.model_dump(mode="json"),
+                    "code_version": version,
+                    "world_size": world,
+                    "data_order": data_order(cfg, world),
+                }
+                # Batch-norm statistics can turn non-finite even when every bad update was
+                # skipped; never let such a state replace a good checkpoint.
+                if not _all_finite(accelerator, nets):
                     log(f"warning: step {step}: non-finite weights or statistics; not saved")
+                elif backend == "deepspeed":
+                    _save_deepspeed(accelerator, engines, state, ckpt_dir, step=step, tc=tc)
                 elif is_main:
+                    state["G"] = plain_generator.state_dict()
+                    state["D"] = plain_discriminator.state_dict()
                     save_checkpoint(
-                        {
-                            "step": step,
-                            "init_seed": seed,
-                            "G": plain_generator.state_dict(),
-                            "G_ema": ema.state_dict() if ema is not None else None,
-                            "D": plain_discriminator.state_dict(),
-                            "prune": ticket.state_dict() if ticket is not None else None,
-                            "steps": step_fn.state_dict(),
-                            "loader": [r["loader"] for r in per_rank],
-                            "rng": [r["rng"] for r in per_rank],
-                            "config": cfg.model_dump(mode="json"),
-                            "code_version": version,
-                            "world_size": world,
-                            "data_order": data_order(cfg, world),
-                        },
+                        state,
                         ckpt_dir,
                         step=step,
                         keep_last=tc.keep_last,
@@ -441,6 +492,7 @@ def train(
                 world_size=world,
                 limit=tc.eval_images,
             )
+            refresh()
             result.update(held_out_l1(sampler, eval_loader, accelerator))
             tracker.log_scalars(
                 tc.max_steps,
@@ -448,6 +500,9 @@ def train(
             )
     if is_main and stopped_at is None:
         _report(run_dir, result)
+    if backend == "deepspeed":
+        for engine in (step_fn.G, step_fn.D):
+            engine.destroy()
     del batches, loader, step_fn, generator, discriminator, opt_g, opt_d
     shutdown(accelerator)
     return result
@@ -480,9 +535,17 @@ def _lottery_ticket(
 
 @torch.no_grad()
 def _probe_losses(
-    G: nn.Module, D: nn.Module, objective: GANObjective, batch, device, precision: Precision
+    G: nn.Module,
+    D: nn.Module,
+    objective: GANObjective,
+    batch,
+    device,
+    precision: Precision,
+    refresh,
 ) -> dict[str, float]:
-    """Losses on the fixed held-out batch (rank 0), in eval mode so no statistics move."""
+    """Losses on the fixed held-out batch (rank 0), in eval mode so no statistics move.
+    Every rank calls it: `refresh` brings G and D up to date (a collective under DeepSpeed)."""
+    refresh()
     if batch is None:
         return {}
     modes = G.training, D.training
@@ -575,13 +638,47 @@ def _sync_batchnorm(generator, discriminator, accelerator: Accelerator, world: i
     return convert(generator), convert(discriminator)
 
 
-def _all_finite(modules: list[nn.Module]) -> bool:
-    return all(
+def _all_finite(accelerator: Accelerator, modules: list[nn.Module]) -> bool:
+    """Whether every rank's weights and statistics are finite (a collective)."""
+    finite = all(
         bool(torch.isfinite(t).all())
         for m in modules
         for t in [*m.parameters(), *m.buffers()]
         if t.is_floating_point()
     )
+    bad = torch.tensor(0.0 if finite else 1.0, device=accelerator.device)
+    return accelerator.reduce(bad, "sum").item() == 0
+
+
+def _no_gather(*_modules):
+    return nullcontext()
+
+
+def _chosen_precision(tc) -> str | None:
+    """train.mixed_precision, else `accelerate launch --mixed_precision`'s bf16/fp16, else
+    None (a DeepSpeed file may then choose)."""
+    if tc.mixed_precision is not None:
+        return tc.mixed_precision
+    launched = resolve_precision(None)
+    return launched if launched in DTYPES else None
+
+
+def _save_deepspeed(accelerator, engines: dict, state: dict, ckpt_dir: Path, *, step, tc) -> None:
+    """Every rank writes its engine shards into the staging folder; rank 0 adds state.pt,
+    the marker and the rename (collective)."""
+    from distcolor.deepspeed_checkpoint import save_engines
+
+    tmp = staging_path(ckpt_dir, step)
+    if accelerator.is_main_process:
+        begin_checkpoint(ckpt_dir, step)
+    accelerator.wait_for_everyone()
+    save_engines(engines, tmp)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        torch.save(state, tmp / STATE)
+        finish_checkpoint(
+            tmp, ckpt_dir, step=step, keep_last=tc.keep_last, keep_every=tc.keep_every
+        )
 
 
 def _diverged_message(step: int, bad: int, ckpt_dir: Path) -> str:
@@ -594,10 +691,22 @@ def _diverged_message(step: int, bad: int, ckpt_dir: Path) -> str:
     )
 
 
-def _check_resumable(state: dict, cfg: Config, log) -> None:
+def _check_resumable(state: dict, cfg: Config, log, *, backend: str, world: int) -> None:
     """Refuse a resume that cannot work; warn about model settings that changed silently
     (activations, dropout, norms without weights: the saved weights still load)."""
     saved = state.get("config", {})
+    before = state.get("backend", "ddp")
+    if before != backend:
+        raise UserError(
+            f"--resume: the checkpoint was written by train.backend={before}; this run uses "
+            f"{backend} (their checkpoints differ: resume with {before}, or start a new run "
+            "from an export)"
+        )
+    if backend == "deepspeed" and state.get("world_size") != world:
+        raise UserError(
+            f"--resume: the DeepSpeed checkpoint was written by {state.get('world_size')} "
+            f"processes; ZeRO shards resume on the same number (this run has {world})"
+        )
     before = saved.get("train", {}).get("optimizer", cfg.train.optimizer)
     if before != cfg.train.optimizer:
         raise UserError(
@@ -627,12 +736,13 @@ def _model_facts(facts: dict) -> str:
     return "| | |\n|---|---|\n" + rows
 
 
-def _resume_ema(ema: GeneratorEMA, state: dict, log) -> None:
+def _resume_ema(ema: GeneratorEMA, state: dict, generator: nn.Module, log) -> None:
     """The saved average, or (a checkpoint from a run without one) the restored generator."""
     if state.get("G_ema") is not None:
         ema.load_state_dict(state["G_ema"])
     else:
         log("warning: the checkpoint has no generator average; starting it from its weights")
+        ema.load_state_dict(generator.state_dict())
 
 
 def _report(run_dir: Path, result: dict) -> None:
