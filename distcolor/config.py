@@ -278,8 +278,8 @@ class DeepSpeedConfig(Section):
     config: str | None = None
     """DeepSpeed JSON config (configs/deepspeed/zero{1,2,3}.json); null: the file `accelerate
     launch` was given (deepspeed_config_file), else ZeRO stage 2 with nothing else set."""
-    stage: Literal[0, 1, 2, 3] | None = None
-    """Override the file's zero_optimization.stage (0: DeepSpeed without ZeRO)."""
+    stage: Literal[1, 2, 3] | None = None
+    """Override the file's zero_optimization.stage."""
     offload_optimizer: Literal["none", "cpu"] | None = None
     """Keep optimizer state (and, stage 3, its update) in CPU memory (ZeRO-2/3 only);
     null: as the file (or accelerate's offload_optimizer_device) says."""

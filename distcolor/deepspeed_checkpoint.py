@@ -15,6 +15,8 @@ colorize read DeepSpeed checkpoints without DeepSpeed's process group.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 from pathlib import Path
 
@@ -50,11 +52,33 @@ def load_engines(engines: dict, folder: Path) -> None:
             raise UserError(f"--resume: {path} holds no DeepSpeed checkpoint")
 
 
+class _WeightsOnlyTorch:
+    """`torch` as DeepSpeed's checkpoint reader sees it, with every `torch.load` forced to
+    the weights-only unpickler: it would otherwise unpickle arbitrary objects."""
+
+    def __getattr__(self, name: str):
+        return getattr(torch, name)
+
+    @staticmethod
+    def load(*args, **kwargs):
+        kwargs["weights_only"] = True
+        return torch.load(*args, **kwargs)
+
+
+def _deepspeed_safe_globals() -> list:
+    """The few plain DeepSpeed classes its checkpoint files hold besides tensors."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [ZeroStageEnum, LossScaler, DynamicLossScaler, fragment_address]
+
+
 def consolidated_state(folder: Path, name: str = "G") -> dict[str, torch.Tensor]:
     """Network `name`'s whole fp32 state dict from a DeepSpeed step folder (any stage),
-    buffers included, on the CPU, without a process group."""
+    buffers included, on the CPU, without a process group; read weights-only."""
     import_deepspeed()
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+    from deepspeed.utils import zero_to_fp32
 
     path = Path(folder) / name
     if not (path / DS_TAG).is_dir():
@@ -62,10 +86,18 @@ def consolidated_state(folder: Path, name: str = "G") -> dict[str, torch.Tensor]
     quiet = logging.getLogger("DeepSpeed")
     level = quiet.level
     quiet.setLevel(logging.WARNING)  # it logs a line per shard it reads
+    zero_to_fp32.torch = _WeightsOnlyTorch()
+    chatter = io.StringIO()  # it prints a few lines and a progress bar per network
     try:
-        state = get_fp32_state_dict_from_zero_checkpoint(str(path), tag=DS_TAG)
+        with (
+            torch.serialization.safe_globals(_deepspeed_safe_globals()),
+            contextlib.redirect_stdout(chatter),
+            contextlib.redirect_stderr(chatter),
+        ):
+            state = zero_to_fp32.get_fp32_state_dict_from_zero_checkpoint(str(path), tag=DS_TAG)
     except Exception as err:  # a damaged shard can fail anywhere in DeepSpeed's reader
         raise UserError(f"checkpoint {path} cannot be consolidated: {first_line(err)}") from None
     finally:
+        zero_to_fp32.torch = torch
         quiet.setLevel(level)
     return {k: (v.float() if v.is_floating_point() else v).contiguous() for k, v in state.items()}

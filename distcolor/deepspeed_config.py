@@ -30,9 +30,16 @@ def resolve_backend(configured: str | None) -> str:
     return "deepspeed" if os.environ.get("ACCELERATE_USE_DEEPSPEED") == "true" else "ddp"
 
 
+def _find(path: str) -> Path:
+    """`path` as given, else relative to the checkout (configs/deepspeed/... from anywhere)."""
+    given = Path(path)
+    shipped = Path(__file__).resolve().parents[1] / given
+    return shipped if not given.exists() and not given.is_absolute() and shipped.exists() else given
+
+
 def _read_json(path: str) -> dict:
     try:
-        return json.loads(Path(path).read_text())
+        return json.loads(_find(path).read_text())
     except FileNotFoundError:
         raise UserError(f"deepspeed.config: {path} does not exist") from None
     except (OSError, json.JSONDecodeError) as err:
@@ -76,6 +83,11 @@ def deepspeed_config(cfg: Config, *, world: int, precision: str | None) -> tuple
     if stage is not None:
         zero["stage"] = stage
     stage = int(zero.get("stage", 0))
+    if stage not in (1, 2, 3):
+        raise UserError(
+            f"{source}: zero_optimization.stage must be 1, 2 or 3 (got {stage}); without ZeRO, "
+            "train.backend=ddp does the same job"
+        )
 
     offload = section.offload_optimizer
     if offload is None and not path:

@@ -132,6 +132,13 @@ class DeepSpeedGANStep:
             engine, *_ = deepspeed.initialize(
                 model=net, optimizer=optimizer, config=copy.deepcopy(ds_config)
             )
+            dtype = DTYPES.get(mode)
+            if dtype is not None:
+                # DeepSpeed casts the parameters only; batch norm wants its running
+                # statistics in the same dtype as its weights (on the CPU at least).
+                for buffer in engine.module.buffers():
+                    if buffer.is_floating_point():
+                        buffer.data = buffer.data.to(dtype)
             updates.append(EngineUpdate(engine, ZeroNetwork(engine)))
         objective = GANObjective(gan_loss=tc.gan_loss, l1_weight=tc.l1_weight)
         return cls(*updates, objective, DTYPES.get(mode, torch.float32)), mode

@@ -39,6 +39,7 @@ from distcolor.checkpoint import (
     load_checkpoint,
 )
 from distcolor.config import ModelConfig, config_from_dict
+from distcolor.deepspeed_checkpoint import consolidated_state, is_deepspeed_checkpoint
 from distcolor.errors import UserError, first_line
 from distcolor.models.build import build_generator
 from distcolor.models.unet import UNetGenerator
@@ -279,6 +280,8 @@ def export_generator(
     _check_outputs(out_dir, files, overwrite=overwrite)  # before the slow part
     source = resolve_checkpoint(checkpoint)
     state = load_checkpoint(source)
+    if is_deepspeed_checkpoint(state):  # the live weights are in the engine's shards
+        state["G"] = consolidated_state(source if source.is_dir() else source.parent, "G")
     generator_state, used, note = _select_weights(state, weights, source)
     model_cfg = _model_config(state, source)
     generator = _fitted_generator(model_cfg, generator_state, f"checkpoint {source}")

@@ -204,10 +204,10 @@ def train(
         log(f"--resume auto: no checkpoint in {ckpt_dir} yet; starting the run")
     resume = bool(candidates)
     if resume:
-        # DeepSpeed's engines load their own part once they exist (below).
-        models = {"G": generator, "D": discriminator} if backend == "ddp" else {}
-        state, ckpt_path = restore(candidates, models=models, log=log)
+        state, ckpt_path = restore(candidates, models={}, log=log)
         _check_resumable(state, cfg, log, backend=backend, world=world)
+        if backend == "ddp":  # DeepSpeed's engines load their own part once they exist
+            load_parts(state, {"G": generator, "D": discriminator}, ckpt_path)
         _restore_rng(state, rank, world)
         seed = state.get("init_seed", seed)  # the seed that made these weights
         start_step = int(state["step"])

@@ -25,7 +25,6 @@ from distcolor.pruning import (
     Masks,
     alive_after,
     check_masks_agree,
-    compute_global_masks,
     masks_fingerprint,
     prunable_weights,
 )
@@ -46,6 +45,36 @@ def alone(weights: dict[str, torch.Tensor], keep: dict[str, torch.Tensor], alive
     return out
 
 
+def zero3_masks(generator):
+    """ZeroMasks of `generator` under a ZeRO-3 engine, and a view of its whole weights that
+    follows the engine's shards (for the per-round checks)."""
+    import deepspeed
+
+    from distcolor.zero_shards import ZeroNetwork
+
+    deepspeed.init_distributed(dist_backend="gloo", verbose=False)
+    config = {
+        "train_micro_batch_size_per_gpu": 1,
+        "zero_optimization": {"stage": 3},
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 10**9,
+    }
+    optimizer = torch.optim.Adam(generator.parameters(), lr=1e-3)
+    engine, *_ = deepspeed.initialize(model=generator, optimizer=optimizer, config=config)
+    network = ZeroNetwork(engine)
+    masks = network.masks(keep_first_last=False)
+
+    class WholeWeights(dict):  # name -> whole weight, rebuilt from the shards on access
+        def values(self):  # a collective: every rank asks at the same points
+            state = network.snapshot()
+            return [state[name] for name in masks.weights]
+
+        def items(self):
+            return list(zip(masks.weights, self.values(), strict=True))
+
+    return masks, WholeWeights(dict.fromkeys(masks.weights))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=5)
@@ -54,6 +83,7 @@ def main() -> None:
     parser.add_argument("--quantize", type=float, default=0.0)
     parser.add_argument("--out", required=True, help="folder for rank<N>.json")
     parser.add_argument("--flip-on", type=int, help="then flip one mask bit on this rank")
+    parser.add_argument("--zero3", action="store_true", help="masks from ZeRO-3 shards")
     args = parser.parse_args()
     dist.init_process_group("gloo")
     rank = dist.get_rank()
@@ -68,12 +98,14 @@ def main() -> None:
                 noise = torch.randn(w.shape, generator=torch.Generator().manual_seed(rank + 1))
                 w.mul_(1 + args.noise * noise)
     masks = Masks(weights)
+    if args.zero3:  # the same weights partitioned by a ZeRO-3 engine; masks from its shards
+        masks, weights = zero3_masks(generator)
     total = masks.total()
     rounds = []
     for r in range(1, args.rounds + 1):
         target = alive_after(total, rate=args.rate, rounds=r)
         solo = alone(weights, masks.keep, target)
-        keep, threshold = compute_global_masks(weights, masks.keep, alive_after_round=target)
+        keep, threshold = masks.select(alive_after_round=target)
         masks.set(keep)
         pruned_max = max(
             (
