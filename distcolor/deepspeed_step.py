@@ -128,6 +128,10 @@ class DeepSpeedGANStep:
         tc = cfg.train
         updates = []
         for net, lr in ((generator, tc.lr_g), (discriminator, tc.lr_d)):
+            # DeepSpeed flattens and broadcasts parameters as contiguous bytes: channels_last
+            # weights (model.channels_last) go back to the default layout here.
+            for p in net.parameters():
+                p.data = p.data.contiguous()
             optimizer = make_optimizer(net.parameters(), lr=lr, cfg=tc)
             engine, *_ = deepspeed.initialize(
                 model=net, optimizer=optimizer, config=copy.deepcopy(ds_config)

@@ -184,6 +184,7 @@ def test_losses_fall_on_a_fixed_batch(tmp_path, tiny_shards, stage):
             "train.ckpt_every": 100,
             "train.lr_g": 2e-3,
             "train.mixed_precision": "bf16",
+            "model.channels_last": "true",  # bf16 NHWC weights: DeepSpeed broadcasts bytes
         },
     )
     proc = torchrun(2, "tests/fixed_batch_check.py", str(out), str(tiny_shards), *args)
