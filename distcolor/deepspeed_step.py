@@ -23,6 +23,7 @@ import contextlib
 import copy
 import os
 import socket
+from functools import partial
 
 import torch
 import torch.distributed as dist
@@ -34,6 +35,7 @@ from distcolor.errors import UserError
 from distcolor.losses import GANObjective
 from distcolor.optim import make_optimizer
 from distcolor.precision import DTYPES
+from distcolor.step import add_mean
 
 DS_TAG = "engine"  # the tag of each engine's checkpoint inside a step folder
 
@@ -174,10 +176,7 @@ class DeepSpeedGANStep:
         n = len(batches)
         metrics: dict[str, torch.Tensor] = {}
 
-        def add(prefix: str, values: dict) -> None:
-            for key, value in values.items():
-                name = f"{prefix}/{key}"
-                metrics[name] = metrics.get(name, 0.0) + value.detach().float() / n
+        add = partial(add_mean, metrics, count=n)
 
         D = self.D.module
         buffers = [b for net in (self.G.module, D) for b in net.buffers()]

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from contextlib import nullcontext
+from functools import partial
 
 import torch
 from accelerate import Accelerator
@@ -32,6 +33,13 @@ from distcolor.losses import GANObjective
 from distcolor.optim import make_optimizer
 from distcolor.precision import Precision
 from distcolor.pruning import Masks
+
+
+def add_mean(metrics: dict, prefix: str, values: dict, *, count: int) -> None:
+    """Add values / count to metrics[prefix/key]: micro-batch losses averaged over a step."""
+    for key, value in values.items():
+        name = f"{prefix}/{key}"
+        metrics[name] = metrics.get(name, 0.0) + value.detach().float() / count
 
 
 class NetworkUpdate:
@@ -179,10 +187,7 @@ class GANStep:
         n = len(batches)
         metrics: dict[str, torch.Tensor] = {}
 
-        def add(prefix: str, values: dict) -> None:
-            for key, value in values.items():
-                name = f"{prefix}/{key}"
-                metrics[name] = metrics.get(name, 0.0) + value.detach().float() / n
+        add = partial(add_mean, metrics, count=n)
 
         buffers = [b for net in (self.G, self.D) for b in net.buffers()]
         saved = [b.clone() for b in buffers]  # a few thousand floats: batch-norm statistics
