@@ -7,12 +7,19 @@ colour photo. sRGB <-> Lab is kornia's (D65 white, exact sRGB transfer curve), s
 runs the same on CPU loader workers and on the GPU.
 
 Shapes: rgb (B, 3, H, W) in [0, 1]; L (B, 1, H, W) and ab (B, 2, H, W) in [-1, 1].
+
+The generator's input is made one way only, for training, evaluation and `colorize`:
+`grayscale` (PIL, on the loader workers or on a user's photo), then `lightness_input`
+(on the device). A public colorization tutorial trained on Lab lightness and fed its
+model the red channel at inference; here there is no second path to get wrong
+(tests/test_colorize.py checks that colorize's network input is the loader's).
 """
 
 from __future__ import annotations
 
 import torch
 from kornia.color import lab_to_rgb, rgb_to_lab
+from PIL import Image
 
 L_SCALE = 50.0
 """L* in [0, 100] -> L / 50 - 1 in [-1, 1]."""
@@ -23,6 +30,17 @@ AB_SCALE = 110.0
 def rgb_to_chroma(rgb: torch.Tensor) -> torch.Tensor:
     """(B, 3, H, W) sRGB in [0, 1] -> (B, 2, H, W) scaled a*, b*."""
     return rgb_to_lab(rgb)[:, 1:] / AB_SCALE
+
+
+def grayscale(image: Image.Image) -> Image.Image:
+    """The model's view of a picture: PIL's grayscale (ITU-R 601 luma of the sRGB values,
+    mode "L"), what a black-and-white photo of the scene holds. A gray image is itself."""
+    return image if image.mode == "L" else image.convert("L")
+
+
+def lightness_input(gray: torch.Tensor) -> torch.Tensor:
+    """uint8 grayscale (B, 1, H, W) -> the generator's input, scaled L* (B, 1, H, W)."""
+    return gray_to_lightness(uint8_to_unit(gray))
 
 
 def gray_to_lightness(gray: torch.Tensor) -> torch.Tensor:
@@ -47,4 +65,42 @@ def lab_inputs(batch: dict, device: torch.device) -> tuple[torch.Tensor, torch.T
     one batched op on the GPU instead of per-image float work on the loader workers."""
     gray = batch["gray"].to(device, non_blocking=True)
     rgb = batch["rgb"].to(device, non_blocking=True)
-    return gray_to_lightness(uint8_to_unit(gray)), rgb_to_chroma(uint8_to_unit(rgb))
+    return lightness_input(gray), rgb_to_chroma(uint8_to_unit(rgb))
+
+
+GAMUT_STEPS = 12
+"""Bisection steps of `fit_chroma`: chroma found to within 1/4096 of the prediction."""
+
+
+def fit_chroma(lightness: torch.Tensor, chroma: torch.Tensor) -> torch.Tensor:
+    """Chroma (B, 2, H, W) scaled down, per pixel, to what sRGB can show at that lightness.
+
+    Clipping RGB instead would change the lightness (and the hue) of every out-of-gamut
+    pixel; scaling a*, b* towards gray keeps L* and the hue angle and only lowers the
+    chroma, to the largest factor in [0, 1] that lands in gamut (gray always does).
+    """
+    lightness, chroma = lightness.float(), chroma.float()
+    outside = ~_in_gamut(lightness, chroma)  # (B, H, W)
+    if not bool(outside.any()):
+        return chroma
+    # Only the pixels that need it: (1, C, N, 1) columns, as kornia wants images.
+    light = lightness.permute(1, 0, 2, 3)[:, outside].reshape(1, 1, -1, 1)
+    ab = chroma.permute(1, 0, 2, 3)[:, outside].reshape(1, 2, -1, 1)
+    low = torch.zeros_like(light)
+    high = torch.ones_like(light)
+    for _ in range(GAMUT_STEPS):
+        mid = (low + high) / 2
+        fits = _in_gamut(light, ab * mid).unsqueeze(1)
+        low, high = torch.where(fits, mid, low), torch.where(fits, high, mid)
+    fitted = chroma.clone()
+    fitted.permute(1, 0, 2, 3)[:, outside] = (ab * low).reshape(2, -1)
+    return fitted
+
+
+def _in_gamut(
+    lightness: torch.Tensor, chroma: torch.Tensor, tolerance: float = 1e-4
+) -> torch.Tensor:
+    """(B, H, W) bool: the scaled Lab colour is an sRGB colour (within `tolerance`)."""
+    lab = torch.cat([(lightness + 1.0) * L_SCALE, chroma * AB_SCALE], dim=1)
+    rgb = lab_to_rgb(lab, clip=False)
+    return ((rgb >= -tolerance) & (rgb <= 1.0 + tolerance)).all(dim=1)

@@ -229,7 +229,13 @@ class TrainConfig(Section):
     hist_every: int = Field(500, ge=1)
     """Steps between histograms (weights, predicted vs real chroma) and colourfulness logs."""
     eval_images: int = Field(512, ge=0)
-    """Held-out images scored at the end of the run (0 turns the final evaluation off)."""
+    """Held-out images scored (the first N of the test split, in a fixed order), at the end
+    of the run and every `eval_every` steps (0 turns evaluation off)."""
+    eval_every: int | None = Field(None, ge=1)
+    """Steps between held-out evaluations during the run (null: only at the end); each logs
+    eval/<method>/<metric> (PSNR, SSIM, CIEDE2000, ...) to TensorBoard."""
+    eval_mean_images: int = Field(1024, ge=1)
+    """Training images whose mean chroma is the `baseline_mean` colour of the evaluation."""
 
     @field_validator("betas")
     @classmethod

@@ -145,7 +145,7 @@ def resolve_checkpoint(path: Path) -> Path:
     raise UserError(f"checkpoint {path} is not a checkpoint folder, a {STATE} or a run folder")
 
 
-def _select_weights(
+def select_weights(
     state: dict, weights: str, source: Path
 ) -> tuple[dict[str, torch.Tensor], str, str | None]:
     """The generator state dict to export, "ema" or "live", and a note on a fallback."""
@@ -160,7 +160,7 @@ def _select_weights(
     return {name: t.detach().cpu().contiguous() for name, t in chosen.items()}, used, note
 
 
-def _model_config(state: dict, source: Path) -> ModelConfig:
+def model_config_of(state: dict, source: Path) -> ModelConfig:
     """The run's model config; only the model section if the whole run config no longer
     validates (a checkpoint from an older distcolor whose other settings changed)."""
     tree = state.get("config")
@@ -177,7 +177,7 @@ def _model_config(state: dict, source: Path) -> ModelConfig:
             raise UserError(f"checkpoint {source}: its config is not valid ({err})") from None
 
 
-def _fitted_generator(model_cfg: ModelConfig, weights: dict, source: object) -> UNetGenerator:
+def fitted_generator(model_cfg: ModelConfig, weights: dict, source: object) -> UNetGenerator:
     """The generator of `model_cfg` holding `weights` (strictly: every name and shape)."""
     with torch.random.fork_rng(devices=[]):  # building draws initial weights: no side effect
         generator = build_generator(model_cfg)
@@ -282,9 +282,9 @@ def export_generator(
     state = load_checkpoint(source)
     if is_deepspeed_checkpoint(state):  # the live weights are in the engine's shards
         state["G"] = consolidated_state(source if source.is_dir() else source.parent, "G")
-    generator_state, used, note = _select_weights(state, weights, source)
-    model_cfg = _model_config(state, source)
-    generator = _fitted_generator(model_cfg, generator_state, f"checkpoint {source}")
+    generator_state, used, note = select_weights(state, weights, source)
+    model_cfg = model_config_of(state, source)
+    generator = fitted_generator(model_cfg, generator_state, f"checkpoint {source}")
     rounds, masks = _prune_info(state.get("prune"))
     if masks is not None:
         _check_masks(generator_state, masks, source)
@@ -379,4 +379,4 @@ def load_exported(path: Path) -> UNetGenerator:
     except ValidationError as err:
         reason = first_line(err)
         raise UserError(f"{path}: its model config is missing or not valid ({reason})") from None
-    return _fitted_generator(model_cfg, state, path).eval()
+    return fitted_generator(model_cfg, state, path).eval()

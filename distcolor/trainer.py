@@ -54,10 +54,11 @@ from distcolor.distributed import (
 )
 from distcolor.ema import GeneratorEMA
 from distcolor.errors import UserError
+from distcolor.evaluation import HeldOut
+from distcolor.evaluation import scalars as evaluation_scalars
 from distcolor.flops import peak_flops, step_flops
 from distcolor.losses import GANObjective
 from distcolor.lottery import LotteryTicket
-from distcolor.metrics import held_out_l1
 from distcolor.models import build_models, count_parameters, init_seed
 from distcolor.monitor import log_monitoring
 from distcolor.optim import set_learning_rates
@@ -329,6 +330,21 @@ def train(
     probe = partial(
         _probe_losses, local_g, local_d, step_fn.objective, fixed, device, precision, refresh
     )
+    held_out = None
+    if tc.eval_images > 0 and test_shards:
+        held_out = HeldOut(
+            test_shards,
+            train_shards,
+            image_size=data.image_size,
+            batch_size=data.batch_size,
+            num_workers=min(data.num_workers, 2),
+            rank=rank,
+            world=world,
+            images=tc.eval_images,
+            mean_images=tc.eval_mean_images,
+            device=device,
+            reduce=partial(accelerator.reduce, reduction="sum"),
+        )
     stopped_at = None
     tracker = Tracker(run_dir, enabled=is_main, total_steps=tc.max_steps, start_step=start_step)
     with tracker, StopRequest(log=log) as stop_request:
@@ -427,6 +443,10 @@ def train(
                     tracker, step, sampler=sampler, batch=fixed, device=device, models=histogrammed
                 )
 
+            if held_out is not None and tc.eval_every and step % tc.eval_every == 0 and not last:
+                refresh()
+                _evaluate(held_out, sampler, tracker, step)
+
             stop = stop_request.agreed(device)
             if step % tc.ckpt_every == 0 or last or stop:
                 # Every rank's loader position and RNG state go into rank 0's checkpoint,
@@ -480,24 +500,9 @@ def train(
         }
         if stopped_at is not None:
             result["stopped_by_signal"] = True
-        elif tc.eval_images > 0 and test_shards:
-            # BN statistics last moved locally on each rank: evaluate rank 0's (the saved) ones.
-            broadcast_buffers(sampler)
-            eval_loader = build_eval_loader(
-                test_shards,
-                image_size=data.image_size,
-                batch_size=data.batch_size,
-                num_workers=min(data.num_workers, 2),
-                rank=rank,
-                world_size=world,
-                limit=tc.eval_images,
-            )
+        elif held_out is not None:
             refresh()
-            result.update(held_out_l1(sampler, eval_loader, accelerator))
-            tracker.log_scalars(
-                tc.max_steps,
-                {"eval/l1_model": result["l1_model"], "eval/l1_no_colour": result["l1_no_colour"]},
-            )
+            result.update(_evaluate(held_out, sampler, tracker, tc.max_steps))
     if is_main and stopped_at is None:
         _report(run_dir, result)
     if backend == "deepspeed":
@@ -745,12 +750,36 @@ def _resume_ema(ema: GeneratorEMA, state: dict, generator: nn.Module, log) -> No
         ema.load_state_dict(generator.state_dict())
 
 
+def _evaluate(held_out: HeldOut, sampler: nn.Module, tracker: Tracker, step: int) -> dict:
+    """The held-out report (every rank), logged as eval/* scalars; returns the run's
+    summary of it (the whole report under `report`)."""
+    # BN statistics last moved locally on each rank: evaluate rank 0's (the saved) ones.
+    broadcast_buffers(sampler)
+    report = held_out(sampler)
+    summary = {
+        "images": report["model"]["images"],
+        "l1_model": report["model"]["l1"],
+        "l1_no_colour": report["baseline_gray"]["l1"],
+        "report": report,
+    }
+    scalars = evaluation_scalars(report)
+    scalars.update(
+        {"eval/l1_model": summary["l1_model"], "eval/l1_no_colour": summary["l1_no_colour"]}
+    )
+    tracker.log_scalars(step, scalars)
+    return summary
+
+
 def _report(run_dir: Path, result: dict) -> None:
     (run_dir / "eval.json").write_text(json.dumps(result, indent=2))
-    if "l1_model" in result:
+    if "report" in result:
+        report = result["report"]
         print(
-            f"held-out chroma L1 on {result['images']} test images: "
-            f"model {result['l1_model']:.4f} vs no colour {result['l1_no_colour']:.4f}"
+            f"held-out on {result['images']} test images, CIEDE2000 (lower is better): "
+            f"model {report['model']['ciede2000']:.2f} vs no colour "
+            f"{report['baseline_gray']['ciede2000']:.2f} vs mean colour "
+            f"{report['baseline_mean']['ciede2000']:.2f}; chroma L1 model "
+            f"{result['l1_model']:.4f} vs no colour {result['l1_no_colour']:.4f}"
         )
     if result["skipped_samples"]:
         print(f"skipped {result['skipped_samples']} unreadable samples")

@@ -157,7 +157,8 @@ def test_cli_builds_synthetic_shards_then_trains_and_resumes(tmp_path):
     )
     assert first.returncode == 0, first.stderr
     assert "building synthetic dataset: 40 scenes" in first.stdout
-    assert "held-out chroma L1 on" in first.stdout and "vs no colour" in first.stdout
+    assert "held-out on" in first.stdout and "CIEDE2000" in first.stdout
+    assert "vs no colour" in first.stdout and "vs mean colour" in first.stdout
     assert "step 2/2  D " in first.stdout  # plain log lines when stdout is not a terminal
     assert (shards / "manifest.json").is_file()
     again = run_script(

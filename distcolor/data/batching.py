@@ -16,6 +16,8 @@ import torch
 from PIL import Image
 from torch.utils.data import get_worker_info
 
+from distcolor.color import grayscale
+
 JITTER = 1.125  # train crops come from images resized to 1.125x the crop (pix2pix: 286 -> 256)
 SLACK = 1.15  # train crops of images up to 1.15x the jittered size skip the resize
 
@@ -151,8 +153,7 @@ def make_batch(
     rgb_array, gray_array = rgb.numpy(), gray.numpy()
     for i, image in enumerate(images):
         rgb_array[i] = image
-        # The model's input is PIL's grayscale: what a black-and-white photo of the scene holds.
-        gray_array[i, 0] = image.convert("L")
+        gray_array[i, 0] = grayscale(image)  # the one grayscale: color.grayscale
     return {
         "gray": gray,
         "rgb": rgb.permute(0, 3, 1, 2),

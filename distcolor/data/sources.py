@@ -93,7 +93,7 @@ class Skip:
     kind: str = "other"  # one of SKIP_KINDS for every skip made here
 
 
-class _Rejected(Exception):
+class Rejected(Exception):
     """An input that is readable but unusable; becomes a Skip."""
 
     def __init__(self, kind: str, reason: str) -> None:
@@ -151,7 +151,7 @@ def _srgb_transform(icc: bytes, mode: str) -> tuple[ImageCms.ImageCmsTransform |
     return transform, description
 
 
-def _to_srgb(image: Image.Image, icc: bytes | None) -> tuple[Image.Image, str | None]:
+def to_srgb(image: Image.Image, icc: bytes | None) -> tuple[Image.Image, str | None]:
     """RGB pixels in sRGB, and the description of the profile converted from (if any)."""
     if image.mode not in ("RGB", "CMYK"):
         image = image.convert("RGB")
@@ -161,7 +161,7 @@ def _to_srgb(image: Image.Image, icc: bytes | None) -> tuple[Image.Image, str | 
             if transform is not None:
                 return transform.apply(image), description
         except (ImageCms.PyCMSError, OSError, ValueError, TypeError) as err:
-            raise _Rejected(
+            raise Rejected(
                 "icc", f"embedded ICC colour profile cannot be applied ({image.mode}): {err}"
             ) from None
     # CMYK without a profile: Pillow's naive conversion is the best guess there is.
@@ -169,18 +169,18 @@ def _to_srgb(image: Image.Image, icc: bytes | None) -> tuple[Image.Image, str | 
 
 
 def _to_rgb(image: Image.Image) -> tuple[Image.Image, str | None]:
-    """Colour image as sRGB RGB (and the ICC profile converted from), or _Rejected."""
+    """Colour image as sRGB RGB (and the ICC profile converted from), or Rejected."""
     icc = image.info.get("icc_profile")
     image = ImageOps.exif_transpose(image)  # phones store rotation in EXIF, not in pixels
     if image.mode in GRAYSCALE_MODES:
-        raise _Rejected("grayscale", f"grayscale image (mode {image.mode}): no colour to learn")
+        raise Rejected("grayscale", f"grayscale image (mode {image.mode}): no colour to learn")
     if image.mode in ("RGBA", "RGBa", "PA") or (image.mode == "P" and "transparency" in image.info):
         # Transparent pixels hold arbitrary colour: composite on white, as a viewer shows them.
         # Done before the ICC conversion: white in the profile's space maps to sRGB white.
         rgba = image.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         image = Image.alpha_composite(white, rgba).convert("RGB")
-    return _to_srgb(image, icc)
+    return to_srgb(image, icc)
 
 
 # -- files -----------------------------------------------------------------------------------
@@ -203,7 +203,7 @@ def encode_jpeg(image: Image.Image, *, size: int | None, quality: int) -> bytes:
 
 
 def _decode(raw: bytes) -> tuple[Image.Image, list[int], str | None]:
-    """(sRGB RGB image, original size, ICC profile converted from), or _Rejected."""
+    """(sRGB RGB image, original size, ICC profile converted from), or Rejected."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -212,11 +212,11 @@ def _decode(raw: bytes) -> tuple[Image.Image, list[int], str | None]:
                 original_size = list(image.size)
                 rgb, icc = _to_rgb(image)
     except UnidentifiedImageError:
-        raise _Rejected("not_image", "not an image") from None
+        raise Rejected("not_image", "not an image") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise _Rejected("bomb", "decompression bomb (too many pixels)") from None
+        raise Rejected("bomb", "decompression bomb (too many pixels)") from None
     except (OSError, SyntaxError, ValueError) as err:
-        raise _Rejected("corrupt", f"corrupt or truncated image: {err}") from None
+        raise Rejected("corrupt", f"corrupt or truncated image: {err}") from None
     return rgb, original_size, icc
 
 
@@ -246,7 +246,7 @@ def load_image_file(
         return raw
     try:
         rgb, original_size, icc = _decode(raw)
-    except _Rejected as rejected:
+    except Rejected as rejected:
         return Skip(str(path), rejected.reason, rejected.kind)
     small = resize_shorter(rgb, size)
     # On the stored size: cheap, and what the model will see.

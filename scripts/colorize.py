@@ -1,0 +1,90 @@
+"""Colour black-and-white photos: `python scripts/colorize.py --checkpoint CKPT INPUT... --out DIR`.
+
+CKPT: a run folder (its newest checkpoint), a checkpoint folder (DDP or DeepSpeed), or an
+export (folder or .safetensors). INPUT: image files or folders (searched recursively), any
+size, shape and mode (gray, RGB treated as gray, palette, 16-bit, alpha kept, CMYK, EXIF
+rotation). Each output has its input's size and lightness; only the colour is new. The
+last stdout line is one JSON object: written, skipped, existing, images_per_s, ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from distcolor.cli import run_main
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="files or folders")
+    parser.add_argument(
+        "--checkpoint", required=True, type=Path, help="run, checkpoint or export folder, or file"
+    )
+    parser.add_argument("--out", required=True, type=Path, help="output folder")
+    parser.add_argument(
+        "--render-size",
+        type=int,
+        default=None,
+        help="side of the square copy the network sees (default: the training size)",
+    )
+    parser.add_argument(
+        "--saturation", type=float, default=1.0, help="chroma factor (default 1: as predicted)"
+    )
+    parser.add_argument("--side-by-side", action="store_true", help="write gray | colour pairs")
+    parser.add_argument("--batch-size", type=int, default=8, help="photos per network batch")
+    parser.add_argument("--weights", choices=["ema", "live"], default="ema")
+    parser.add_argument("--device", default=None, help="cuda, cpu, cuda:1 (default: a GPU if any)")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    args = parser.parse_args()
+    if args.batch_size < 1:
+        parser.error("--batch-size must be at least 1")
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from distcolor.colorize_files import colorize_files, plan_jobs
+    from distcolor.inference import Colorizer
+
+    jobs = plan_jobs(args.inputs, args.out)  # before loading anything: mistakes show fast
+    colorizer = Colorizer.from_checkpoint(
+        args.checkpoint,
+        weights=args.weights,
+        render_size=args.render_size,
+        device=args.device,
+        saturation=args.saturation,
+    )
+    start = time.perf_counter()
+    progress = Progress("[bold]colorize", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with progress:
+        task = progress.add_task("colorize", total=len(jobs))
+        summary = colorize_files(
+            colorizer,
+            jobs,
+            batch_size=args.batch_size,
+            overwrite=args.overwrite,
+            pair=args.side_by_side,
+            warn=progress.console.print,
+            advance=lambda n: progress.advance(task, n),
+        )
+    seconds = time.perf_counter() - start
+    result = summary.as_dict()
+    result.update(
+        seconds=round(seconds, 3),
+        images_per_s=len(summary.written) / seconds if seconds > 0 else 0.0,
+        render_size=colorizer.render_size,
+        device=str(colorizer.device),
+        out=str(args.out),
+    )
+    print(
+        f"coloured {result['written']} image(s) into {args.out} at {result['images_per_s']:.1f}/s"
+        f" (network at {colorizer.render_size} px on {colorizer.device}); skipped "
+        f"{result['skipped']} unreadable, kept {result['existing']} existing output(s)"
+        + ("" if not result["existing"] else " (--overwrite replaces them)")
+    )
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    run_main(main)
