@@ -1,10 +1,10 @@
 """`scripts/evaluate.py`'s work: a trained generator and a shard folder -> report/.
 
-    report/metrics.json   the model and both baselines, overall and per source, + protocol
-    report/grid.png       Figure 1 of the original project: rows gray input / output /
-                          original, a column per test image (the same images every time)
-    report/losses.png     Figure 2: discriminator and generator losses from the run's
-                          TensorBoard logs (when the checkpoint sits in its run folder)
+report/metrics.json   the model and both baselines, overall and per source, + protocol
+report/grid.png       Figure 1 of the original project: rows gray input / output /
+                      original, a column per test image (the same images every time)
+report/losses.png     Figure 2: discriminator and generator losses from the run's
+                      TensorBoard logs (when the checkpoint sits in its run folder)
 """
 
 from __future__ import annotations

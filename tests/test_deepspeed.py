@@ -240,3 +240,23 @@ def test_consolidating_a_damaged_shard_is_a_one_line_error(runs, tmp_path):
     shard.write_bytes(shard.read_bytes()[:100])
     with pytest.raises(UserError, match="cannot be consolidated"):
         consolidated_state(folder, "G")
+
+
+def test_colorize_and_evaluate_read_a_deepspeed_checkpoint(runs, tmp_path, tiny_shards):
+    from PIL import Image
+
+    from distcolor.inference import Colorizer
+    from distcolor.report import write_report
+    from distcolor.weights import load_generator
+
+    folder = runs / "zero3" / LAST
+    live = load_generator(folder, weights="live")  # consolidated from the shards, weights-only
+    assert_bitwise_equal(live.generator.state_dict(), consolidated_state(folder, "G"), "G")
+    ema = load_generator(runs / "zero3", weights="ema")  # the run folder: its newest step
+    assert ema.weights == "ema" and ema.step == STEPS
+    assert_bitwise_equal(ema.generator.state_dict(), load_checkpoint(folder)["G_ema"], "G_ema")
+    gray = Image.new("L", (50, 37), 120)
+    out = Colorizer.from_checkpoint(folder, weights="live", device="cpu")(gray)
+    assert out.size == (50, 37) and out.mode == "RGB"
+    report = write_report(folder, tiny_shards, tmp_path / "report", num_workers=0)
+    assert report["model"]["images"] == 12 and (tmp_path / "report" / "losses.png").is_file()

@@ -68,6 +68,7 @@ def test_ranks_read_disjoint_data_and_none_hangs_on_uneven_shards(tmp_path, npro
 def test_two_process_gloo_run_trains_and_evaluates_across_ranks(tmp_path, tiny_shards):
     recipe = {
         "train.max_steps": 3,
+        "train.eval_every": 2,
         "train.optimizer": "adabelief",
         "train.ema_half_life": 100,
         "model.channels_last": "true",
@@ -85,7 +86,19 @@ def test_two_process_gloo_run_trains_and_evaluates_across_ranks(tmp_path, tiny_s
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "loss/G/l1" in r] == [1, 2, 3]
     assert [r["step"] for r in rows if "colour/output" in r] == [3]
-    assert [r["step"] for r in rows if "eval/l1_model" in r] == [3]
+    assert [r["step"] for r in rows if "eval/l1_model" in r] == [2, 3]
+    assert [r["step"] for r in rows if "eval/baseline_mean/ciede2000" in r] == [2, 3]
+    # The report summed over 2 ranks is the one a single process computes from the
+    # checkpoint (the same EMA weights and rank 0's batch-norm statistics).
+    from distcolor.report import write_report
+
+    alone = write_report(
+        run / "checkpoints" / "step-00000003", tiny_shards, tmp_path / "report", num_workers=0
+    )
+    for method in ("model", "baseline_gray", "baseline_mean"):
+        for name, value in alone[method].items():
+            if isinstance(value, float):
+                assert result["report"][method][name] == pytest.approx(value, rel=1e-6), name
 
 
 def test_two_process_resume_with_accumulation_is_bitwise_exact(tmp_path, tiny_shards):
