@@ -39,8 +39,21 @@ def grayscale(image: Image.Image) -> Image.Image:
 
 
 def lightness_input(gray: torch.Tensor) -> torch.Tensor:
-    """uint8 grayscale (B, 1, H, W) -> the generator's input, scaled L* (B, 1, H, W)."""
-    return gray_to_lightness(uint8_to_unit(gray))
+    """uint8 grayscale (B, 1, H, W) -> the generator's input, scaled L* (B, 1, H, W).
+
+    L* of a gray value depends on that value alone: a 256-entry table (made by
+    `gray_to_lightness`) replaces a colour conversion of every pixel."""
+    return _lightness_table(gray.device)[gray.long()]
+
+
+_LIGHTNESS_TABLES: dict[torch.device, torch.Tensor] = {}
+
+
+def _lightness_table(device: torch.device) -> torch.Tensor:
+    if device not in _LIGHTNESS_TABLES:
+        levels = torch.arange(256, dtype=torch.float32).div_(255.0).view(1, 1, 1, 256)
+        _LIGHTNESS_TABLES[device] = gray_to_lightness(levels).flatten().to(device)
+    return _LIGHTNESS_TABLES[device]
 
 
 def gray_to_lightness(gray: torch.Tensor) -> torch.Tensor:
@@ -68,8 +81,10 @@ def lab_inputs(batch: dict, device: torch.device) -> tuple[torch.Tensor, torch.T
     return lightness_input(gray), rgb_to_chroma(uint8_to_unit(rgb))
 
 
-GAMUT_STEPS = 12
-"""Bisection steps of `fit_chroma`: chroma found to within 1/4096 of the prediction."""
+GAMUT_STEPS = 10
+"""Bisection steps of the gamut fit: chroma found to within 1/1024 of the prediction."""
+GAMUT_TOLERANCE = 1e-4
+"""How far outside [0, 1] an RGB channel may fall and still count as in gamut (rounding)."""
 
 
 def fit_chroma(lightness: torch.Tensor, chroma: torch.Tensor) -> torch.Tensor:
@@ -79,28 +94,51 @@ def fit_chroma(lightness: torch.Tensor, chroma: torch.Tensor) -> torch.Tensor:
     pixel; scaling a*, b* towards gray keeps L* and the hue angle and only lowers the
     chroma, to the largest factor in [0, 1] that lands in gamut (gray always does).
     """
-    lightness, chroma = lightness.float(), chroma.float()
-    outside = ~_in_gamut(lightness, chroma)  # (B, H, W)
-    if not bool(outside.any()):
+    chroma = chroma.float()
+    _, outside, factor = _gamut_fit(lightness.float(), chroma)
+    if factor is None:
         return chroma
-    # Only the pixels that need it: (1, C, N, 1) columns, as kornia wants images.
-    light = lightness.permute(1, 0, 2, 3)[:, outside].reshape(1, 1, -1, 1)
-    ab = chroma.permute(1, 0, 2, 3)[:, outside].reshape(1, 2, -1, 1)
-    low = torch.zeros_like(light)
-    high = torch.ones_like(light)
-    for _ in range(GAMUT_STEPS):
-        mid = (low + high) / 2
-        fits = _in_gamut(light, ab * mid).unsqueeze(1)
-        low, high = torch.where(fits, mid, low), torch.where(fits, high, mid)
     fitted = chroma.clone()
-    fitted.permute(1, 0, 2, 3)[:, outside] = (ab * low).reshape(2, -1)
+    fitted.permute(1, 0, 2, 3)[:, outside] *= factor
     return fitted
 
 
-def _in_gamut(
-    lightness: torch.Tensor, chroma: torch.Tensor, tolerance: float = 1e-4
-) -> torch.Tensor:
-    """(B, H, W) bool: the scaled Lab colour is an sRGB colour (within `tolerance`)."""
+def fitted_srgb(lightness: torch.Tensor, chroma: torch.Tensor) -> torch.Tensor:
+    """sRGB (B, 3, H, W) in [0, 1] of L with `fit_chroma(L, chroma)`, converting each
+    in-gamut pixel once (the colorize path, where this is most of the time outside the
+    network)."""
+    lightness, chroma = lightness.float(), chroma.float()
+    rgb, outside, factor = _gamut_fit(lightness, chroma)
+    if factor is not None:
+        light = lightness.permute(1, 0, 2, 3)[:, outside].reshape(1, 1, -1, 1)
+        ab = chroma.permute(1, 0, 2, 3)[:, outside].reshape(1, 2, -1, 1) * factor.view(1, 1, -1, 1)
+        rgb.permute(1, 0, 2, 3)[:, outside] = _lab_rgb(light, ab).reshape(3, -1)
+    return rgb.clamp_(0.0, 1.0)
+
+
+def _lab_rgb(lightness: torch.Tensor, chroma: torch.Tensor) -> torch.Tensor:
+    """Unclipped sRGB of scaled Lab."""
     lab = torch.cat([(lightness + 1.0) * L_SCALE, chroma * AB_SCALE], dim=1)
-    rgb = lab_to_rgb(lab, clip=False)
-    return ((rgb >= -tolerance) & (rgb <= 1.0 + tolerance)).all(dim=1)
+    return lab_to_rgb(lab, clip=False)
+
+
+def _inside(rgb: torch.Tensor) -> torch.Tensor:
+    return ((rgb >= -GAMUT_TOLERANCE) & (rgb <= 1.0 + GAMUT_TOLERANCE)).all(dim=1)
+
+
+def _gamut_fit(lightness: torch.Tensor, chroma: torch.Tensor):
+    """(unclipped sRGB (B, 3, H, W), out-of-gamut mask (B, H, W), chroma factor per
+    outside pixel (N,) or None when all are inside), the factor found by bisection on the
+    outside pixels only, as (1, C, N, 1) columns (kornia wants images)."""
+    rgb = _lab_rgb(lightness, chroma)
+    outside = ~_inside(rgb)
+    if not bool(outside.any()):
+        return rgb, outside, None
+    light = lightness.permute(1, 0, 2, 3)[:, outside].reshape(1, 1, -1, 1)
+    ab = chroma.permute(1, 0, 2, 3)[:, outside].reshape(1, 2, -1, 1)
+    low, high = torch.zeros_like(light), torch.ones_like(light)
+    for _ in range(GAMUT_STEPS):
+        mid = (low + high) / 2
+        fits = _inside(_lab_rgb(light, ab * mid)).unsqueeze(1)
+        low, high = torch.where(fits, mid, low), torch.where(fits, high, mid)
+    return rgb, outside, low.flatten()

@@ -20,7 +20,7 @@ import torch
 from kornia.color import rgb_to_lab
 from torch import nn
 
-from distcolor.color import AB_SCALE, fit_chroma, lab_inputs, lab_to_srgb, uint8_to_unit
+from distcolor.color import AB_SCALE, fitted_srgb, lab_inputs, uint8_to_unit
 from distcolor.metrics import (
     AB_BINS,
     AUC_MAX,
@@ -80,8 +80,7 @@ class ReportSums:
         true_lab: torch.Tensor,
     ) -> torch.Tensor:
         """Score one method's chroma (B, 2, H, W) for a batch; returns the output sRGB."""
-        fitted = fit_chroma(lightness, chroma)
-        output = lab_to_srgb(lightness, fitted)  # (B, 3, H, W) in [0, 1], what a user sees
+        output = fitted_srgb(lightness, chroma)  # (B, 3, H, W) in [0, 1], what a user sees
         lab = rgb_to_lab(output)
         per_image = torch.stack(
             [

@@ -148,13 +148,16 @@ def resolve_checkpoint(path: Path) -> Path:
 def select_weights(
     state: dict, weights: str, source: Path
 ) -> tuple[dict[str, torch.Tensor], str, str | None]:
-    """The generator state dict to export, "ema" or "live", and a note on a fallback."""
-    if not isinstance(state, dict) or not isinstance(state.get("G"), dict):
+    """The generator state dict to export, "ema" or "live", and a note on a fallback.
+    (A DeepSpeed checkpoint's live G is in its shards: only the chosen one must be here.)"""
+    if not isinstance(state, dict):
         raise UserError(f"checkpoint {source} is not a distcolor training checkpoint (no 'G')")
     used, note = weights, None
     if weights == "ema" and state.get("G_ema") is None:
         used, note = "live", "the run kept no EMA of the generator; exported its live weights"
-    chosen = state["G_ema" if used == "ema" else "G"]
+    chosen = state.get("G_ema" if used == "ema" else "G")
+    if not isinstance(chosen, dict):
+        raise UserError(f"checkpoint {source} is not a distcolor training checkpoint (no 'G')")
     if not all(isinstance(t, torch.Tensor) for t in chosen.values()):
         raise UserError(f"checkpoint {source}: its {used} generator holds non-tensor entries")
     return {name: t.detach().cpu().contiguous() for name, t in chosen.items()}, used, note

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from distcolor.color import fit_chroma, lab_to_srgb, lightness_input
+from distcolor.color import fitted_srgb, lightness_input
 from distcolor.errors import UserError
 from distcolor.photos import Photo, photo_of, read_photo
 from distcolor.sizes import unet_multiple
@@ -122,7 +122,7 @@ class Colorizer:
             bottom = min(height, top + rows)
             lightness = lightness_input(pixels[None, None, top:bottom].to(self.device))
             ab = _upsampled_rows(chroma, height, width, top, bottom, scale) * self.saturation
-            rgb = lab_to_srgb(lightness, fit_chroma(lightness, ab))
+            rgb = fitted_srgb(lightness, ab)
             out[top:bottom] = (rgb[0] * 255).round_().to(torch.uint8).permute(1, 2, 0).cpu()
         self.timings["compose"] += time.perf_counter() - t0
         return out
