@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import webdataset as wds
@@ -84,3 +87,17 @@ def copy_stopped_at(run_dir, copy_dir, *, drop_steps) -> None:
     shutil.copytree(run_dir, copy_dir)
     for step in drop_steps:
         shutil.rmtree(checkpoint_path(copy_dir / "checkpoints", step))
+
+
+def run_script(*args, cwd=None, timeout: int = 300) -> subprocess.CompletedProcess:
+    """`python ARGS...` from the checkout (scripts/*.py and their arguments), output captured."""
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    return subprocess.run(
+        [sys.executable, *map(str, args)],
+        cwd=cwd or root,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+    )

@@ -7,7 +7,6 @@ import io
 import itertools
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +29,7 @@ from distcolor.photos import Unreadable, read_photo
 from distcolor.trainer import train
 from distcolor.weights import load_generator
 from tests.conftest import tiny_overrides
-from tests.helpers import assert_bitwise_equal
+from tests.helpers import assert_bitwise_equal, run_script
 from tests.icc_profiles import cmyk_profile
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -356,13 +355,7 @@ def test_notebook_api(run):
 
 
 def colorize_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "scripts/colorize.py", *map(str, args)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return run_script("scripts/colorize.py", *args)
 
 
 def test_cli_colours_folders_recursively_skips_junk_and_keeps_inputs(run, tmp_path):

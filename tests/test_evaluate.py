@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,7 @@ from distcolor.evaluation import METHODS, evaluate, mean_chroma
 from distcolor.export import export_generator
 from distcolor.trainer import train
 from tests.conftest import tiny_overrides
-from tests.helpers import scene_samples, write_sample_shards
+from tests.helpers import run_script, scene_samples, write_sample_shards
 
 ROOT = Path(__file__).resolve().parents[1]
 METRICS = ("psnr", "ssim", "ciede2000", "colorfulness", "ab_hist_js", "auc", "l1")
@@ -52,13 +51,7 @@ def run(tmp_path_factory):
 
 
 def evaluate_cli(*args) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "scripts/evaluate.py", *map(str, args)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return run_script("scripts/evaluate.py", *args)
 
 
 def test_cli_reports_every_metric_for_model_and_baselines_per_source(run, tmp_path):

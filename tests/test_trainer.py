@@ -21,7 +21,7 @@ from distcolor.precision import Precision
 from distcolor.step import GANStep
 from distcolor.trainer import train
 from tests.conftest import reset_accelerate, tiny_overrides
-from tests.helpers import TRAINING_STATE, assert_bitwise_equal
+from tests.helpers import TRAINING_STATE, assert_bitwise_equal, run_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -106,13 +106,6 @@ def test_resume_continues_exactly(tmp_path, tiny_shards):
     sb = load_checkpoint(latest_checkpoint(resumed.run_dir / "checkpoints"))
     for key in (*TRAINING_STATE, "rng", "loader"):
         assert_bitwise_equal(sa[key], sb[key], key)
-
-
-def run_script(*args, cwd=ROOT):
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run(
-        [sys.executable, *args], cwd=cwd, capture_output=True, text=True, env=env, timeout=300
-    )
 
 
 def test_cli_user_errors_are_one_line(tmp_path):
