@@ -94,7 +94,7 @@ def fit_chroma(lightness: torch.Tensor, chroma: torch.Tensor) -> torch.Tensor:
     pixel; scaling a*, b* towards gray keeps L* and the hue angle and only lowers the
     chroma, to the largest factor in [0, 1] that lands in gamut (gray always does).
     """
-    chroma = chroma.float()
+    chroma = _finite(chroma)
     _, outside, factor = _gamut_fit(lightness.float(), chroma)
     if factor is None:
         return chroma
@@ -107,13 +107,18 @@ def fitted_srgb(lightness: torch.Tensor, chroma: torch.Tensor) -> torch.Tensor:
     """sRGB (B, 3, H, W) in [0, 1] of L with `fit_chroma(L, chroma)`, converting each
     in-gamut pixel once (the colorize path, where this is most of the time outside the
     network)."""
-    lightness, chroma = lightness.float(), chroma.float()
+    lightness, chroma = lightness.float(), _finite(chroma)
     rgb, outside, factor = _gamut_fit(lightness, chroma)
     if factor is not None:
         light = lightness.permute(1, 0, 2, 3)[:, outside].reshape(1, 1, -1, 1)
         ab = chroma.permute(1, 0, 2, 3)[:, outside].reshape(1, 2, -1, 1) * factor.view(1, 1, -1, 1)
         rgb.permute(1, 0, 2, 3)[:, outside] = _lab_rgb(light, ab).reshape(3, -1)
     return rgb.clamp_(0.0, 1.0)
+
+
+def _finite(chroma: torch.Tensor) -> torch.Tensor:
+    """Float chroma with NaN/inf (a diverged model's) as gray: the pixel keeps its L*."""
+    return torch.nan_to_num(chroma.float(), nan=0.0, posinf=0.0, neginf=0.0)
 
 
 def _lab_rgb(lightness: torch.Tensor, chroma: torch.Tensor) -> torch.Tensor:

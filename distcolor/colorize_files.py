@@ -10,10 +10,11 @@ releases the GIL while it decodes and encodes) while the network works on a batc
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,17 +55,30 @@ class Summary:
 def plan_jobs(inputs: list[Path], out_dir: Path) -> list[Job]:
     """One Job per image file found; UserError for a missing input, an input that
     nothing comes of, or two inputs that would write the same file."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"--out: {out_dir} is a file, not a folder")
+    out = out_dir.resolve()
     jobs: list[Job] = []
+    planned: set[tuple[Path, Path]] = set()
     for given in inputs:
         if not given.exists():
             raise UserError(f"input {given} does not exist")
         if given.is_dir():
             found = sorted(
-                p for p in given.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                p
+                for p in given.rglob("*")
+                if p.is_file()
+                and p.suffix.lower() in IMAGE_SUFFIXES
+                # an --out strictly inside the folder holds earlier outputs, not inputs
+                and (out == given.resolve() or out not in p.resolve().parents)
             )
-            jobs.extend(Job(p, out_dir / p.relative_to(given)) for p in found)
+            pairs = [(p, out_dir / p.relative_to(given)) for p in found]
         else:
-            jobs.append(Job(given, out_dir / given.name))
+            pairs = [(given, out_dir / given.name)]
+        for source, target in pairs:
+            if (source.resolve(), target) not in planned:  # the same file named twice
+                planned.add((source.resolve(), target))
+                jobs.append(Job(source, target))
     if not jobs:
         raise UserError(f"no image files in {', '.join(str(p) for p in inputs)}")
     inputs_resolved = {job.source.resolve() for job in jobs}
@@ -75,19 +89,24 @@ def plan_jobs(inputs: list[Path], out_dir: Path) -> list[Job]:
                 raise UserError(
                     f"--out: {out_dir} would overwrite the input {candidate}; choose another --out"
                 )
-        stem = job.target.with_suffix("")
-        if stem in seen:
+        if job.target in seen:
             raise UserError(
-                f"inputs {seen[stem]} and {job.source} would both be written to {stem}.*; "
-                "colour them into separate --out folders"
+                f"inputs {seen[job.target]} and {job.source} would both be written to "
+                f"{job.target}; colour them into separate --out folders"
             )
-        seen[stem] = job.source
+        seen[job.target] = job.source
     return jobs
 
 
 def _candidate_targets(target: Path) -> list[Path]:
-    """Every file name a job may end up writing (its suffix, or .png)."""
-    return [target, target.with_suffix(".png")]
+    """Every file name a job may end up writing (its own, or its own + .png)."""
+    return [target, _png_name(target)]
+
+
+def _png_name(target: Path) -> Path:
+    """Where a PNG goes when the input's format cannot hold the output: x.jpg -> x.jpg.png,
+    so inputs x.jpg and x.tif in one folder never meet."""
+    return target if target.suffix.lower() == ".png" else target.with_name(target.name + ".png")
 
 
 def output_path(target: Path, image: Image.Image) -> tuple[Path, str]:
@@ -95,9 +114,7 @@ def output_path(target: Path, image: Image.Image) -> tuple[Path, str]:
     fmt = KEEP_FORMAT.get(target.suffix.lower(), "PNG")
     if fmt in NO_ALPHA and image.mode == "RGBA":
         fmt = "PNG"
-    if fmt == "PNG" and target.suffix.lower() != ".png":
-        target = target.with_suffix(".png")
-    return target, fmt
+    return (_png_name(target) if fmt == "PNG" else target), fmt
 
 
 def side_by_side(gray: Image.Image, colour: Image.Image) -> Image.Image:
@@ -111,17 +128,20 @@ def side_by_side(gray: Image.Image, colour: Image.Image) -> Image.Image:
     return pair
 
 
-def _write(image: Image.Image, path: Path, fmt: str) -> None:
-    """Write atomically: a crash never leaves half an image under the final name."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+def _write(image: Image.Image, path: Path, fmt: str) -> str | None:
+    """Write atomically (a crash never leaves half an image under the final name); the
+    reason it could not be written (a full disk, a format's size limit), or None."""
     tmp = path.with_name(f".{path.name}.partial")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         image.save(tmp, format=fmt, **SAVE_OPTIONS.get(fmt, {}))
         os.replace(tmp, path)
-    except OSError as err:
-        raise UserError(f"cannot write {path}: {err.strerror or err}") from None
+        return None
+    except (OSError, ValueError) as err:
+        return f"cannot write {path}: {getattr(err, 'strerror', None) or err}"
     finally:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
 
 
 def _read(job: Job) -> Photo | Unreadable:
@@ -129,6 +149,8 @@ def _read(job: Job) -> Photo | Unreadable:
         return read_photo(job.source)
     except Unreadable as err:
         return err
+    except Exception as err:  # one odd file must not end a long run
+        return Unreadable(f"unreadable ({type(err).__name__}: {err})")
 
 
 def colorize_files(
@@ -152,7 +174,7 @@ def colorize_files(
         else:
             todo.append(job)
     with ThreadPoolExecutor(max_workers=2) as readers, ThreadPoolExecutor(max_workers=2) as writers:
-        writes: deque[Future] = deque()
+        writes: deque[tuple] = deque()
         for batch, photos in _read_ahead(readers, todo, batch_size):
             usable = []
             for job, photo in zip(batch, photos, strict=True):
@@ -168,22 +190,33 @@ def colorize_files(
             for (job, photo), colour in zip(usable, colours, strict=True):
                 image = side_by_side(photo.gray, colour) if pair else colour
                 path, fmt = output_path(job.target, image)
-                writes.append(writers.submit(_write, image, path, fmt))
-                summary.written.append(str(path))
+                writes.append((job, path, writers.submit(_write, image, path, fmt)))
                 advance(1)
             while len(writes) > 2 * batch_size:  # bounded: finished images are not hoarded
-                writes.popleft().result()
-        for write in writes:
-            write.result()  # raises the UserError of an output that cannot be written
+                _finish(writes.popleft(), summary, warn)
+        while writes:
+            _finish(writes.popleft(), summary, warn)
     return summary
 
 
+def _finish(write: tuple, summary: Summary, warn: Callable[[str], None]) -> None:
+    job, path, future = write
+    problem = future.result()
+    if problem is None:
+        summary.written.append(str(path))
+    else:
+        summary.skipped[str(job.source)] = problem
+        warn(f"skipped {job.source}: {problem}")
+
+
 def _read_ahead(pool: ThreadPoolExecutor, jobs: list[Job], batch_size: int) -> Iterator:
-    """(jobs, photos or Unreadable) per batch, the next batch read while this one runs."""
-    batches = [jobs[i : i + batch_size] for i in range(0, len(jobs), batch_size)]
-    pending = [pool.submit(lambda b=b: [_read(job) for job in b]) for b in batches[:1]]
-    for i, batch in enumerate(batches):
-        if i + 1 < len(batches):
-            nxt = batches[i + 1]
-            pending.append(pool.submit(lambda b=nxt: [_read(job) for job in b]))
-        yield batch, pending[i].result()
+    """(jobs, photos or Unreadable) per batch, the next batch read while this one runs;
+    only those two batches of photos are held at a time."""
+    batches = deque(jobs[i : i + batch_size] for i in range(0, len(jobs), batch_size))
+    pending: deque = deque()
+    while batches or pending:
+        while batches and len(pending) < 2:
+            batch = batches.popleft()
+            pending.append((batch, pool.submit(lambda b=batch: [_read(job) for job in b])))
+        batch, future = pending.popleft()
+        yield batch, future.result()

@@ -38,6 +38,19 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def usable_device(device: torch.device | str | None) -> torch.device:
+    """`device` (default: a GPU if there is one) or a one-line UserError naming it."""
+    if device is None:
+        return default_device()
+    try:
+        chosen = torch.device(device)
+        torch.empty(1, device=chosen)  # fails here, not deep inside a forward
+    except (RuntimeError, AssertionError, ValueError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"--device: {device} cannot be used ({reason})") from None
+    return chosen
+
+
 class Colorizer:
     """A trained generator, ready to colour photos of any size.
 
@@ -60,9 +73,9 @@ class Colorizer:
                 f"--render-size: {render_size} must be a positive multiple of 2**depth = "
                 f"{multiple} for this generator"
             )
-        if not saturation >= 0:
-            raise UserError(f"--saturation: {saturation} must be >= 0")
-        self.device = torch.device(device) if device is not None else default_device()
+        if not 0 <= saturation < float("inf"):
+            raise UserError(f"--saturation: {saturation} must be a finite number >= 0")
+        self.device = usable_device(device)
         self.generator = generator.to(self.device).eval()
         self.render_size, self.saturation = render_size, saturation
         self.timings: Counter = Counter()
@@ -82,7 +95,7 @@ class Colorizer:
         trained = load_generator(Path(path), weights=weights)
         return cls(
             trained.generator,
-            render_size=render_size or trained.image_size,
+            render_size=trained.image_size if render_size is None else render_size,
             device=device,
             saturation=saturation,
         )

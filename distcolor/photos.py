@@ -18,7 +18,6 @@ EXIF orientation is applied first, so a phone's portrait photo comes out upright
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,17 +52,13 @@ class Unreadable(Exception):
 def read_photo(path: Path) -> Photo:
     """The photo in `path`, or Unreadable naming the reason."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
-                image.load()
-                return photo_of(image)
+        with Image.open(path) as image:
+            image.load()
+            return photo_of(image)
     except UnidentifiedImageError:
         raise Unreadable("not an image PIL can read") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+    except Image.DecompressionBombError:
         raise Unreadable("too many pixels for PIL's decompression-bomb limit") from None
-    except Rejected as rejected:
-        raise Unreadable(rejected.reason) from None
     except (OSError, SyntaxError, ValueError) as err:
         raise Unreadable(f"unreadable or truncated image ({err})") from None
 
@@ -77,9 +72,15 @@ def photo_of(image: Image.Image) -> Photo:
     if image.mode == "P":
         image = image.convert("RGBA" if "transparency" in image.info else "RGB")
         icc = None  # a palette's colours are sRGB as stored
+    elif image.mode in ("L", "RGB") and "transparency" in image.info:
+        image = image.convert("LA" if image.mode == "L" else "RGBA")  # a PNG's tRNS colour
     if image.mode in WITH_ALPHA:
+        # La / RGBa hold premultiplied colour: converted first, so alpha is band "A".
+        image = image.convert(
+            {"La": "LA", "RGBa": "RGBA", "PA": "RGBA"}.get(image.mode, image.mode)
+        )
         alpha = image.getchannel("A")
-        image = image.convert("L" if image.mode in ("LA", "La") else "RGB")
+        image = image.convert("L" if image.mode == "LA" else "RGB")
     if image.mode in SIXTEEN_BIT:
         values = np.asarray(image, dtype=np.float64) / 257.0
         return Photo(_gray_array(values), alpha, mode)
@@ -89,7 +90,10 @@ def photo_of(image: Image.Image) -> Photo:
         return Photo(_gray_array(np.nan_to_num(values) * scale), alpha, mode)
     if image.mode in ("1", "L"):
         return Photo(image.convert("L"), alpha, mode)
-    rgb, _ = to_srgb(image, icc)  # RGB, CMYK, YCbCr, LAB, HSV -> sRGB
+    try:
+        rgb, _ = to_srgb(image, icc)  # RGB, CMYK, YCbCr, LAB, HSV -> sRGB
+    except Rejected:  # a damaged or mismatched profile: the pixels are still a photo
+        rgb, _ = to_srgb(image, None)
     return Photo(grayscale(rgb), alpha, mode)
 
 

@@ -22,7 +22,7 @@ from distcolor.data.loader import build_eval_loader
 from distcolor.errors import UserError
 from distcolor.evaluation import METHODS, HeldOut
 from distcolor.figures import plot_losses
-from distcolor.inference import default_device
+from distcolor.inference import usable_device
 from distcolor.tracking import sample_grid, save_png
 from distcolor.weights import load_generator
 
@@ -47,11 +47,11 @@ def write_report(
     """Evaluate the generator in `checkpoint` on the test split of `shards`; write
     out_dir/{metrics.json, grid.png, losses.png}; return the report."""
     trained = load_generator(checkpoint, weights=weights)
-    size = image_size or trained.image_size
-    if size % trained.multiple:
+    size = trained.image_size if image_size is None else image_size
+    if size < 11 or size % trained.multiple:  # 11: SSIM's window
         raise UserError(
-            f"--image-size: {size} is not divisible by 2**depth = {trained.multiple} "
-            "for this generator"
+            f"--image-size: {size} must be at least 11 (SSIM's window) and divisible by "
+            f"2**depth = {trained.multiple} for this generator"
         )
     manifest = read_manifest(shards, key="--shards")
     test = shard_list(shards, manifest, "test")
@@ -64,7 +64,7 @@ def write_report(
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise UserError(f"--out: cannot create {out_dir}: {err.strerror or err}") from None
-    chosen = torch.device(device) if device else default_device()
+    chosen = usable_device(device)
     generator = trained.generator.to(chosen)
 
     held_out = HeldOut(
@@ -89,6 +89,7 @@ def write_report(
         **({"note": trained.note} if trained.note else {}),
     }
     report["files"] = {"metrics": str(out_dir / "metrics.json")}
+    _write_json(report, out_dir / "metrics.json")  # first: a figure that fails loses no scores
     notes = []
 
     grid = _grid(generator, test, size=size, count=grid_images, device=chosen)
@@ -109,11 +110,14 @@ def write_report(
         )
     if notes:
         report["notes"] = notes
-    text = json.dumps(report, indent=2) + "\n"
-    tmp = out_dir / ".metrics.json.partial"
-    tmp.write_text(text)
-    os.replace(tmp, out_dir / "metrics.json")
+    _write_json(report, out_dir / "metrics.json")
     return report
+
+
+def _write_json(report: dict, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.partial")
+    tmp.write_text(json.dumps(report, indent=2) + "\n")
+    os.replace(tmp, path)
 
 
 @torch.no_grad()

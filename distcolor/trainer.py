@@ -756,6 +756,9 @@ def _evaluate(held_out: HeldOut, sampler: nn.Module, tracker: Tracker, step: int
     # BN statistics last moved locally on each rank: evaluate rank 0's (the saved) ones.
     broadcast_buffers(sampler)
     report = held_out(sampler)
+    if report["model"]["images"] == 0:  # every test sample unreadable (each was warned about)
+        tracker.print(f"warning: step {step}: no readable test images; nothing evaluated")
+        return {"images": 0}
     summary = {
         "images": report["model"]["images"],
         "l1_model": report["model"]["l1"],

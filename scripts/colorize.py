@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+import warnings
 from pathlib import Path
 
 from distcolor.cli import run_main
@@ -41,13 +42,26 @@ def main() -> None:
     args = parser.parse_args()
     if args.batch_size < 1:
         parser.error("--batch-size must be at least 1")
+    if args.render_size is not None and args.render_size < 1:
+        parser.error("--render-size must be at least 1")
+    if not (0 <= args.saturation < float("inf")):
+        parser.error("--saturation must be a finite number >= 0")
 
+    from PIL import Image
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
     from distcolor.colorize_files import colorize_files, plan_jobs
+    from distcolor.errors import UserError
     from distcolor.inference import Colorizer
 
     jobs = plan_jobs(args.inputs, args.out)  # before loading anything: mistakes show fast
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"--out: cannot create {args.out}: {err.strerror or err}") from None
+    # Large scans are what this is for: PIL's decompression-bomb *warning* (89 to 179 MP)
+    # is silenced once here; beyond that PIL refuses and the file is skipped.
+    warnings.simplefilter("ignore", Image.DecompressionBombWarning)
     colorizer = Colorizer.from_checkpoint(
         args.checkpoint,
         weights=args.weights,

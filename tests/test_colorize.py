@@ -17,7 +17,14 @@ from PIL import Image
 
 import distcolor
 from distcolor.checkpoint import load_checkpoint
-from distcolor.color import fit_chroma, grayscale, lab_inputs, lab_to_srgb, lightness_input
+from distcolor.color import (
+    fit_chroma,
+    fitted_srgb,
+    grayscale,
+    lab_inputs,
+    lab_to_srgb,
+    lightness_input,
+)
 from distcolor.config import load_config
 from distcolor.data.batching import eval_view, make_batch
 from distcolor.data.synthetic import render_scene
@@ -195,10 +202,6 @@ def _write(tmp_path: Path, name: str, data: bytes) -> Path:
     path = tmp_path / name
     path.write_bytes(data)
     return path
-
-
-def kinds_path(tmp_path: Path, name: str) -> Path:
-    return tmp_path / name
 
 
 def input_kinds(tmp_path: Path) -> dict[str, tuple[Path, np.ndarray, np.ndarray | None]]:
@@ -395,7 +398,7 @@ def test_cli_alpha_that_a_jpeg_cannot_hold_is_written_as_png(run, tmp_path):
     proc = colorize_cli("--checkpoint", run_dir, tmp_path / "x.jpg", "--out", tmp_path / "o")
     assert proc.returncode == 0, proc.stderr
     assert not (tmp_path / "o" / "x.jpg").exists()
-    out = Image.open(tmp_path / "o" / "x.png")
+    out = Image.open(tmp_path / "o" / "x.jpg.png")
     assert out.format == "PNG" and out.mode == "RGBA" and out.size == (30, 20)
     assert np.asarray(out.getchannel("A")).min() == 200
 
@@ -423,3 +426,73 @@ def test_cli_mistakes_are_one_line(run, tmp_path, mistake, message):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], proc.stderr
     assert (inputs / "p.png").is_file() and len(list(inputs.iterdir())) == 1
+
+
+# -- review findings: each once a bug ----------------------------------------------------
+
+
+def test_an_out_folder_inside_the_input_folder_is_not_read_back(run, tmp_path):
+    run_dir, _ = run
+    photo_like(40, 30).save(tmp_path / "p.png")
+    for _ in range(2):  # the second run must not find coloured/p.png as an input
+        proc = colorize_cli("--checkpoint", run_dir, tmp_path, "--out", tmp_path / "coloured")
+        assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["existing"] == 1 and result["written"] == 0
+
+
+def test_inputs_that_differ_only_in_suffix_both_get_outputs(tmp_path):
+    from distcolor.colorize_files import output_path, plan_jobs
+
+    for name in ("scan.jpg", "scan.tif", "scan.png"):
+        photo_like(32, 32).save(tmp_path / name)
+    jobs = plan_jobs([tmp_path, tmp_path / "scan.jpg"], tmp_path / "out")  # scan.jpg twice
+    assert sorted(j.target.name for j in jobs) == ["scan.jpg", "scan.png", "scan.tif"]
+    rgba = Image.new("RGBA", (4, 4))
+    assert output_path(tmp_path / "out" / "scan.jpg", rgba)[0].name == "scan.jpg.png"
+
+
+def test_photos_with_trns_transparency_la_modes_and_bad_profiles(tmp_path):
+    gray = Image.new("L", (6, 4), 90)
+    gray.info["transparency"] = 90
+    gray.save(tmp_path / "t.png", transparency=90)
+    photo = read_photo(tmp_path / "t.png")
+    assert photo.alpha is not None and np.asarray(photo.alpha).max() == 0
+    from distcolor.photos import photo_of
+
+    premultiplied = Image.new("RGBA", (5, 5), (200, 100, 50, 128)).convert("RGBa")
+    assert photo_of(premultiplied).alpha is not None
+    # An RGB photo carrying a CMYK profile: the profile cannot apply; the photo still reads.
+    corners = {c: (50.0, 0.0, 0.0) for c in itertools.product((0, 1), repeat=4)}
+    photo_like(32, 32).save(tmp_path / "p.jpg", icc_profile=cmyk_profile(corners))
+    assert read_photo(tmp_path / "p.jpg").gray.size == (32, 32)
+
+
+def test_non_finite_predictions_come_out_gray_with_their_lightness():
+    lightness = torch.full((1, 1, 4, 4), 0.2)
+    chroma = torch.full((1, 2, 4, 4), float("nan"))
+    rgb = fitted_srgb(lightness, chroma)
+    assert torch.isfinite(rgb).all()
+    assert torch.allclose(rgb, lab_to_srgb(lightness, torch.zeros_like(chroma)), atol=1e-6)
+
+
+def test_unwritable_outputs_are_skipped_and_a_bad_device_is_one_line(run, tmp_path):
+    from distcolor.colorize_files import colorize_files, plan_jobs
+
+    (tmp_path / "in").mkdir()
+    photo_like(40, 30).save(tmp_path / "in" / "a.png")
+    photo_like(40, 30).save(tmp_path / "in" / "b.png")
+    jobs = plan_jobs([tmp_path / "in"], tmp_path / "out")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "a.png.partial").mkdir()  # not a folder we can write a file over
+    (tmp_path / "out" / ".a.png.partial").mkdir()
+    colorizer = Colorizer(vivid_generator(), render_size=32, device="cpu")
+    messages = []
+    summary = colorize_files(colorizer, jobs, warn=messages.append)
+    assert summary.written == [str(tmp_path / "out" / "b.png")]
+    assert "a.png" in next(iter(summary.skipped)) and "cannot write" in messages[0]
+    run_dir, _ = run
+    proc = colorize_cli("--checkpoint", run_dir, tmp_path / "in", "--out", tmp_path / "o2",
+                        "--device", "gpu")  # fmt: skip
+    assert proc.returncode == 2 and "--device: gpu cannot be used" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
