@@ -65,8 +65,8 @@ class ReportSums:
     def __init__(self, sources: list[str], device: torch.device) -> None:
         self.sources = list(sources)
         self.index = {name: i for i, name in enumerate(self.sources)}
-        self.sums = torch.zeros(len(METHODS), len(self.sources), WIDTH, dtype=torch.float64,
-                                device=device)  # fmt: skip
+        shape = (len(METHODS), len(self.sources), WIDTH)
+        self.sums = torch.zeros(shape, dtype=torch.float64, device=device)
 
     def add(
         self,
@@ -78,8 +78,9 @@ class ReportSums:
         true_chroma: torch.Tensor,
         true_rgb: torch.Tensor,
         true_lab: torch.Tensor,
-    ) -> torch.Tensor:
-        """Score one method's chroma (B, 2, H, W) for a batch; returns the output sRGB."""
+        true_colourfulness: torch.Tensor,
+    ) -> None:
+        """Score one method's chroma (B, 2, H, W) for a batch against its originals."""
         output = fitted_srgb(lightness, chroma)  # (B, 3, H, W) in [0, 1], what a user sees
         lab = rgb_to_lab(output)
         per_image = torch.stack(
@@ -89,7 +90,7 @@ class ReportSums:
                 ssim(output, true_rgb).double(),
                 ciede2000(lab, true_lab).double().mean(dim=(-2, -1)),
                 colourfulness(output).to(output.device),
-                colourfulness(true_rgb).to(output.device),
+                true_colourfulness,
                 (chroma.float() - true_chroma).abs().double().mean(dim=(1, 2, 3)),
             ],
             dim=1,
@@ -105,7 +106,6 @@ class ReportSums:
             target[start : start + HIST] += ab_histogram(ab).flatten()
             target[start + HIST : start + 2 * HIST] += ab_histogram(true_ab).flatten()
             target[start + 2 * HIST :] += ab_error_histogram(ab, true_ab)
-        return output
 
     def reduce(self, reduce: Reduce | None) -> None:
         if reduce is not None:
@@ -168,8 +168,12 @@ def evaluate(
         lightness, true_chroma = lab_inputs(batch, device)
         true_rgb = uint8_to_unit(batch["rgb"].to(device))
         true_lab = rgb_to_lab(true_rgb)
-        common = dict(
-            lightness=lightness, true_chroma=true_chroma, true_rgb=true_rgb, true_lab=true_lab
+        common = dict(  # the originals' side, the same for every method: computed once
+            lightness=lightness,
+            true_chroma=true_chroma,
+            true_rgb=true_rgb,
+            true_lab=true_lab,
+            true_colourfulness=colourfulness(true_rgb).to(device),
         )
         chroma = {
             "model": generator(lightness).float(),

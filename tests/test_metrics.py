@@ -1,5 +1,4 @@
-"""The pure metric functions in distcolor/metrics.py (the trainer's held_out_l1 is tested
-with the trainer)."""
+"""The pure metric functions in distcolor/metrics.py."""
 
 import math
 

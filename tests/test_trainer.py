@@ -291,11 +291,10 @@ def test_recipe_options_train_and_resume_exactly(tmp_path, tiny_shards):
 
 
 def test_evaluation_and_samples_use_the_averaged_generator(tmp_path, tiny_shards, monkeypatch):
-    from accelerate import Accelerator
 
     from distcolor.data.catalog import read_manifest, shard_list
     from distcolor.data.loader import build_eval_loader
-    from distcolor.metrics import held_out_l1
+    from distcolor.evaluation import evaluate
 
     cfg = load_config(
         None,
@@ -313,9 +312,8 @@ def test_evaluation_and_samples_use_the_averaged_generator(tmp_path, tiny_shards
     monkeypatch.setattr(trainer_module, "_samples", spy)
     result = train(cfg)
     state = load_checkpoint(latest_checkpoint(cfg.run_dir / "checkpoints"))
-    reset_accelerate()
-    accelerator = Accelerator(cpu=True)
     shards = shard_list(tiny_shards, read_manifest(tiny_shards), "test")
+    sources = sorted({shard.source for shard in shards})
 
     def score(weights):
         g, _ = build_models(cfg.model, seed=0)
@@ -323,7 +321,9 @@ def test_evaluation_and_samples_use_the_averaged_generator(tmp_path, tiny_shards
         loader = build_eval_loader(
             shards, image_size=32, batch_size=4, num_workers=0, rank=0, world_size=1, limit=16
         )
-        return held_out_l1(g, loader, accelerator)["l1_model"]
+        cpu = torch.device("cpu")
+        report = evaluate(g, loader, sources=sources, mean_ab=torch.zeros(2), device=cpu)
+        return report["model"]["l1"]
 
     assert result["l1_model"] == pytest.approx(score(state["G_ema"]), abs=1e-6)
     assert result["l1_model"] != pytest.approx(score(state["G"]), abs=1e-6)
