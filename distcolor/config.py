@@ -208,6 +208,22 @@ class TrainConfig(Section):
     backend: Literal["ddp", "deepspeed"] | None = None
     """ddp (PyTorch DistributedDataParallel) or deepspeed (ZeRO, the `deepspeed` section);
     null: deepspeed when `accelerate launch` was given a DeepSpeed config, else ddp."""
+    compile: bool = False
+    """torch.compile both networks in place (parameter names, hence checkpoints, stay the
+    same, so a run resumes with compile on or off). Pays on GPUs; costs a compile of tens of
+    seconds and gave nothing on CPUs here (benchmarks/RESULTS.md). DDP backend only."""
+    compile_mode: Literal[
+        "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"
+    ] = "default"
+    """torch.compile's mode when `compile` is on."""
+    compile_backend: Literal["inductor", "aot_eager"] = "inductor"
+    """inductor generates fused kernels (the speed); aot_eager only traces forward and
+    backward into graphs and runs them eagerly: seconds to compile, no speed-up, a quick
+    check that the networks compile (the tests use it)."""
+    cudnn_benchmark: bool = True
+    """Let cuDNN time its convolution algorithms on the first steps and keep the fastest
+    (the input sizes never change in training). GPUs only; off for bitwise-deterministic
+    runs on a GPU."""
 
     @field_validator("mixed_precision", mode="before")
     @classmethod

@@ -125,9 +125,14 @@ class DeepSpeedGANStep:
         """Two engines from cfg (collective); returns the step and its precision mode."""
         from distcolor.zero_shards import ZeroNetwork
 
+        tc = cfg.train
+        if tc.compile:
+            raise UserError(
+                "train.compile: not supported with train.backend=deepspeed (its engines wrap "
+                "and partition the networks); compile with the ddp backend"
+            )
         deepspeed = import_deepspeed()
         ds_config, mode = deepspeed_config(cfg, world=world, precision=precision)
-        tc = cfg.train
         updates = []
         for net, lr in ((generator, tc.lr_g), (discriminator, tc.lr_d)):
             # DeepSpeed flattens and broadcasts parameters as contiguous bytes: channels_last

@@ -26,6 +26,7 @@ def build_accelerator(cfg: Config) -> Accelerator:
     # network); Accelerate only starts the processes and the process group, so it must not
     # take the DeepSpeed launch for a request to wrap a single model.
     hidden = os.environ.pop("ACCELERATE_USE_DEEPSPEED", None)
+    torch.backends.cudnn.benchmark = cfg.train.cudnn_benchmark  # process-wide; GPUs only
     try:
         return Accelerator(
             # Without a GPU, say so: otherwise a torchrun / accelerate launch of several CPU

@@ -25,9 +25,12 @@ def make_optimizer(params, *, lr: float, cfg: TrainConfig) -> torch.optim.Optimi
             weight_decay=wd,
             decoupled_weight_decay=cfg.decoupled_weight_decay,
         )
-    if wd and cfg.decoupled_weight_decay:
-        return torch.optim.AdamW(params, lr=lr, betas=betas, eps=eps, weight_decay=wd)
-    return torch.optim.Adam(params, lr=lr, betas=betas, eps=eps, weight_decay=wd)
+    params = list(params)
+    # On GPUs one fused kernel per step instead of a dozen foreach launches (CPU runs keep
+    # the foreach path, and with it the golden runs).
+    fused = bool(params) and all(p.is_cuda for p in params)
+    adam = torch.optim.AdamW if wd and cfg.decoupled_weight_decay else torch.optim.Adam
+    return adam(params, lr=lr, betas=betas, eps=eps, weight_decay=wd, fused=fused or None)
 
 
 def lr_factor(step: int, cfg: TrainConfig) -> float:

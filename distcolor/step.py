@@ -42,6 +42,17 @@ def add_mean(metrics: dict, prefix: str, values: dict, *, count: int) -> None:
         metrics[name] = metrics.get(name, 0.0) + value.detach().float() / count
 
 
+def compile_in_place(*networks: nn.Module, mode: str, backend: str = "inductor") -> None:
+    """torch.compile each network's forward in place (`nn.Module.compile`), before DDP wraps
+    it. Unlike `torch.compile(net)` this adds no `_orig_mod.` wrapper, so parameter names,
+    state dicts and checkpoints are the same compiled or not. The D half (D's weights
+    trainable) and the G half (frozen) are two graphs of D, eval-mode forwards (samples,
+    probes, evaluation) one more each: all compiled once, on first use."""
+    for net in networks:
+        # torch.compile takes no mode for backends other than inductor
+        net.compile(backend=backend, mode=mode if backend == "inductor" else None)
+
+
 class NetworkUpdate:
     """One network's optimizer step: unscale (fp16), clip, check the gradients are finite,
     then step, or skip the step when they are not.
@@ -140,8 +151,12 @@ class GANStep:
         """Wrap both networks (DDP when several processes run) and give each an optimizer
         and, in fp16, a scaler. Optimizers are not passed to `accelerator.prepare`: its
         wrapper would drive Accelerate's single shared GradScaler."""
-        generator, discriminator = accelerator.prepare(generator, discriminator)
         tc = cfg.train
+        if tc.compile:
+            compile_in_place(
+                generator, discriminator, mode=tc.compile_mode, backend=tc.compile_backend
+            )
+        generator, discriminator = accelerator.prepare(generator, discriminator)
         update_g, update_d = (
             NetworkUpdate(
                 net,
