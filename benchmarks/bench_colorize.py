@@ -1,5 +1,5 @@
-"""Throughput of colorize on a folder of 640x480 JPEGs, and the share of time spent
-outside the network (reading, decoding, resizing, colour conversion, encoding, writing).
+"""Throughput of colorize on a folder of 640x480 (or --photo-size) JPEGs, and the share of
+time spent outside the network (reading, decoding, resizing, colour conversion, encoding, writing).
 
     python benchmarks/bench_colorize.py [--quick] [--images N] [--batch N] [--device D]
 
@@ -43,12 +43,15 @@ MODELS = {
 }
 
 
-def write_photos(folder: Path, count: int) -> None:
-    """`count` gray 640x480 JPEGs (quality 90), each a different scene."""
+def write_photos(folder: Path, count: int, *, width: int = 640, height: int = 480) -> None:
+    """`count` gray width x height JPEGs (quality 90), each a different scene."""
     folder.mkdir(parents=True, exist_ok=True)
+    side = max(width, height)
     for i in range(count):
-        scene = render_scene(i, size=512).resize((640, 640), Image.Resampling.BICUBIC)
-        scene.crop((0, 80, 640, 560)).convert("L").save(folder / f"photo-{i:04d}.jpg", quality=90)
+        scene = render_scene(i, size=512).resize((side, side), Image.Resampling.BICUBIC)
+        top, left = (side - height) // 2, (side - width) // 2
+        photo = scene.crop((left, top, left + width, top + height)).convert("L")
+        photo.save(folder / f"photo-{i:04d}.jpg", quality=90)
 
 
 def run(model: str, photos: Path, out: Path, *, batch: int, device: str, warmup: int) -> dict:
@@ -83,7 +86,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--models", default="small,paper")
+    parser.add_argument("--photo-size", default="640x480", help="WIDTHxHEIGHT of the photos")
     args = parser.parse_args()
+    width, height = (int(v) for v in args.photo_size.lower().split("x"))
     count = args.images or (8 if args.quick else 48)
     paper_count = args.paper_images or (4 if args.quick else 16)
     root = Path(tempfile.mkdtemp(prefix="bench-colorize-"))
@@ -93,7 +98,7 @@ def main() -> None:
             n = paper_count if model == "paper" else count
             photos = root / f"photos-{n}"
             if not photos.exists():
-                write_photos(photos, n)
+                write_photos(photos, n, width=width, height=height)
             result = run(
                 model, photos, root / f"out-{model}", batch=args.batch, device=args.device,
                 warmup=min(args.batch, n),
@@ -113,6 +118,7 @@ def main() -> None:
         "model": first["model"],
         "runs": results,
         "device": args.device,
+        "photo_size": [width, height],
         "threads": torch.get_num_threads(),
         "cpu": platform.processor() or platform.machine(),
         "quick": args.quick,

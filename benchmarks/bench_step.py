@@ -2,6 +2,12 @@
 
     python benchmarks/bench_step.py [--quick] [--config FILE] [--batch N] [key=value ...]
     python benchmarks/bench_step.py --config configs/paper.yaml --batch 32   # on a GPU
+    python benchmarks/bench_step.py --config configs/paper.yaml --batch 16,32,64,128,256
+
+Several batch sizes (a ladder) reuse the networks and optimizers, go up in order and stop
+at the first that runs out of memory; the last line then holds every rung under `runs`
+and the fastest under `best`. With train.compile the compiled graphs are dropped between
+rungs (each size compiles once, static).
 
 Random (L, ab) batches already on the device, so the model alone is measured; the step is
 the trainer's own (`GANStep`: DDP wrappers, the config's mixed precision, loss scalers).
@@ -39,24 +45,8 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_config_arguments(p)
-    p.add_argument("--batch", type=int, help="images per step (default: data.batch_size)")
-    p.add_argument("--warmup", type=int, help="untimed steps first (default 5; --quick: 2)")
-    p.add_argument("--repeats", type=int, help="timed steps (default 20; --quick: 5)")
-    p.add_argument("--quick", action="store_true", help="under a minute on 2 CPU cores")
-    a = p.parse_args()
-    cfg = config_from_args(a)
-    batch = a.batch or cfg.data.batch_size
-    warmup = a.warmup if a.warmup is not None else (2 if a.quick else 5)
-    repeats = a.repeats if a.repeats is not None else (5 if a.quick else 20)
-
-    accelerator = build_accelerator(cfg)
-    device = accelerator.device
-    generator, discriminator = build_models(cfg.model, seed=0)
-    precision = Precision(resolve_precision(cfg.train.mixed_precision), device)
-    step = GANStep.build(cfg, accelerator, generator, discriminator, precision)
+def time_step(step, cfg, precision, device, batch: int, warmup: int, repeats: int) -> dict:
+    """Median time of `repeats` steps on one random batch of `batch` images, after `warmup`."""
     side = cfg.data.image_size
     torch.manual_seed(0)
     lightness = torch.rand(batch, 1, side, side, device=device) * 2 - 1
@@ -76,11 +66,12 @@ def main() -> None:
     seconds = statistics.median(times)
     flops = step_flops(cfg, batch_size=batch)["train_flops_per_step"]
     peak = peak_flops(device, precision.mode, cfg.train.peak_flops)
-    result = {
+    return {
         "benchmark": "step",
         "device": device_name(device),
         "mixed_precision": precision.mode,
         "channels_last": cfg.model.channels_last,
+        "compile": cfg.train.compile,
         "image_size": side,
         "batch_size": batch,
         "generator_width": cfg.model.generator.width,
@@ -98,6 +89,50 @@ def main() -> None:
         ),
         "repeats": repeats,
     }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_config_arguments(p)
+    p.add_argument(
+        "--batch", help="images per step, or a comma list for a ladder (default: data.batch_size)"
+    )
+    p.add_argument("--warmup", type=int, help="untimed steps first (default 5; --quick: 2)")
+    p.add_argument("--repeats", type=int, help="timed steps (default 20; --quick: 5)")
+    p.add_argument("--quick", action="store_true", help="under a minute on 2 CPU cores")
+    a = p.parse_args()
+    cfg = config_from_args(a)
+    batches = [int(b) for b in a.batch.split(",")] if a.batch else [cfg.data.batch_size]
+    warmup = a.warmup if a.warmup is not None else (2 if a.quick else 5)
+    repeats = a.repeats if a.repeats is not None else (5 if a.quick else 20)
+
+    accelerator = build_accelerator(cfg)
+    device = accelerator.device
+    generator, discriminator = build_models(cfg.model, seed=0)
+    precision = Precision(resolve_precision(cfg.train.mixed_precision), device)
+    step = GANStep.build(cfg, accelerator, generator, discriminator, precision)
+    runs = []
+    for batch in batches:
+        try:
+            runs.append(time_step(step, cfg, precision, device, batch, warmup, repeats))
+        except torch.OutOfMemoryError:
+            runs.append({"batch_size": batch, "error": "out of memory"})
+            break
+        finally:
+            step.update_g.optimizer.zero_grad(set_to_none=True)
+            step.update_d.optimizer.zero_grad(set_to_none=True)
+            if cfg.train.compile:
+                torch._dynamo.reset()
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+        if len(batches) > 1:
+            print(json.dumps(runs[-1]), flush=True)
+    timed = [r for r in runs if "images_per_s" in r]
+    if len(batches) == 1:
+        result = runs[0]
+    else:
+        best = max(timed, key=lambda r: r["images_per_s"]) if timed else None
+        result = {"benchmark": "step_ladder", "runs": runs, "best": best}
     print(json.dumps(result))
 
 

@@ -1,6 +1,8 @@
 """DDP vs DeepSpeed ZeRO-1/2/3: seconds per step and peak memory per rank, 2 processes.
 
     python benchmarks/bench_zero.py [--quick] [--model paper|default] [--steps N]
+    python benchmarks/bench_zero.py --device cuda --nproc 1 --backends ddp,zero2 \
+        --precision bf16 --image-size 256 --batch 32        # one GPU (the GPU suite)
 
 Each backend trains the same model on the same in-memory batch with 2 CPU processes
 (torchrun, gloo; on a GPU machine set CUDA_VISIBLE_DEVICES and drop ACCELERATE_USE_CPU to
@@ -84,6 +86,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--precision", default="no", help="train.mixed_precision (paper model)")
+    parser.add_argument("--batch", type=int, default=2, help="images per step per rank")
+    parser.add_argument("--nproc", type=int, default=2, help="processes (ranks)")
+    parser.add_argument("--backends", default=",".join(BACKENDS), help="comma list")
+    parser.add_argument(
+        "--device", choices=["cpu", "cuda"], default="cpu", help="cuda: one GPU per rank"
+    )
     parser.add_argument("--worker", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -94,12 +102,13 @@ def main() -> None:
     size = 64 if args.quick else args.image_size
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for name, extra in BACKENDS.items():
+        for name in args.backends.split(","):
+            extra = BACKENDS[name]
             overrides = [
                 f"run.out_dir={tmp}",
                 f"run.name={name}",
                 f"data.image_size={size}",
-                "data.batch_size=2",
+                f"data.batch_size={args.batch}",
                 "data.num_workers=0",
                 # a few real shards for the run's bookkeeping; the steps use the fixed batch
                 f"data.shards={tmp}/shards",
@@ -117,39 +126,39 @@ def main() -> None:
             if model == "paper":  # bf16 there is for GPUs
                 overrides += ["prune=null", f"train.mixed_precision={args.precision}"]
             env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-            env.setdefault("ACCELERATE_USE_CPU", "1")
+            if args.device == "cpu":
+                env.setdefault("ACCELERATE_USE_CPU", "1")
             out = f"{tmp}/{name}"
             cmd = [
-                sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(args.nproc),
                 "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
                 __file__, "--worker", out, config, *overrides,
             ]  # fmt: skip
             proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
             if proc.returncode != 0:
                 sys.exit(f"{name} failed:\n{proc.stderr[-3000:]}")
-            ranks = [json.loads(Path(f"{out}.rank{r}").read_text()) for r in range(2)]
+            ranks = [json.loads(Path(f"{out}.rank{r}").read_text()) for r in range(args.nproc)]
             timings = ranks[0]["steps"][1:]  # the first step includes warm-up
             results[name] = {
                 "s_per_step": statistics.median(timings),
+                "images_per_s": args.batch * args.nproc / statistics.median(timings),
                 "peak_mb_per_rank": [round(r["peak_bytes"] / 2**20, 1) for r in ranks],
             }
             print(f"{name}: {results[name]}", flush=True)
-    base = results["ddp"]
+    base = results.get("ddp")
+    others = {n: r for n, r in results.items() if n != "ddp"} if base else {}
     summary = {
         "model": model,
         "image_size": size,
-        "batch_per_rank": 2,
-        "ranks": 2,
+        "batch_per_rank": args.batch,
+        "ranks": args.nproc,
+        "device": args.device,
+        "precision": args.precision,
         "backends": results,
-        **{
-            f"{n}_time_vs_ddp": r["s_per_step"] / base["s_per_step"]
-            for n, r in results.items()
-            if n != "ddp"
-        },
+        **{f"{n}_time_vs_ddp": r["s_per_step"] / base["s_per_step"] for n, r in others.items()},
         **{
             f"{n}_memory_vs_ddp": max(r["peak_mb_per_rank"]) / max(base["peak_mb_per_rank"])
-            for n, r in results.items()
-            if n != "ddp"
+            for n, r in others.items()
         },
     }
     print(json.dumps(summary))

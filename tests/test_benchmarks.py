@@ -100,3 +100,82 @@ def test_bench_prune_times_a_round_and_the_mask_enforcement():
     assert result["sparsity"] == round(1 - 0.8**2, 4)
     fraction = result["mask_enforce_s"] / result["step_s"]
     assert abs(result["mask_overhead_fraction"] - fraction) < 0.01 * fraction + 1e-5
+
+
+def test_bench_checkpoint_compares_the_synchronous_and_the_background_pause(tmp_path):
+    cmd = [
+        sys.executable,
+        "benchmarks/bench_checkpoint.py",
+        "--quick",
+        "--batch",
+        "2",
+        "--repeats",
+        "2",
+        "--steps",
+        "1",
+        "data.image_size=32",
+        "model.generator.width=8",
+        "model.generator.depth=5",
+        "model.discriminator.width=8",
+        "prune.at_steps=[10]",
+        f"run.out_dir={tmp_path}",
+    ]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    # G, G's average, D, both Adam states and the rewind snapshots, all copied
+    assert result["snapshot_bytes"] == result["state_bytes"] > 0
+    assert result["file_bytes"] >= result["state_bytes"]
+    assert len(result["sync_save_s_all"]) == len(result["async_pause_s_all"]) == 2
+    assert result["async_pause_s"] > 0 and result["async_write_s"] > 0
+    ratio = result["sync_save_s"] / result["async_pause_s"]
+    assert abs(result["pause_ratio_sync_vs_async"] - ratio) < 0.01 * ratio + 0.01
+    assert 0 < result["fraction_async_at_gpu_step"] < 1
+    assert list(tmp_path.iterdir()) == []  # the scratch checkpoints are gone
+
+
+def test_gpu_suite_tiny_runs_every_part_end_to_end_on_cpu(tmp_path):
+    """The GPU suite's --tiny mode: every part runs on CPU, so the suite never rots."""
+    out = tmp_path / "suite"
+    cmd = [sys.executable, "benchmarks/gpu_suite.py", "--out", str(out), "--tiny"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    parts = ("env", "gpu_tests", "step", "compile", "train", "zero", "colorize", "evaluate")
+    assert {k: v["status"] for k, v in summary["parts"].items()} == {
+        name: "ok" for name in (*parts, "scaling")
+    }, (summary["parts"], proc.stderr[-2000:])
+    assert proc.returncode == 0
+    assert json.loads((out / "summary.json").read_text()) == summary
+    result = {name: json.loads((out / f"{name}.json").read_text()) for name in summary["parts"]}
+    assert result["env"]["matmul_bf16_tflops"] > 0 and result["env"]["copy_gb_per_s"] > 0
+    # No CUDA here: every gpu test is collected and skipped, none fails.
+    tests = result["gpu_tests"]
+    assert tests["tests"] > 0 and tests["skipped"] == tests["tests"] and tests["failures"] == 0
+    rung = result["step"]["ladders"]["bf16"]["runs"][0]
+    assert rung["images_per_s"] > 0
+    ratio = rung["flops_per_s"] / 1e12 / result["env"]["matmul_bf16_tflops"]
+    assert abs(rung["mfu_measured_matmul"] - ratio) < 1e-3 * ratio + 1e-4
+    assert result["compile"]["compile"] is True and result["compile"]["images_per_s"] > 0
+    train = result["train"]
+    assert train["images_per_s"] > 0 and 0 <= train["data_wait_share"] <= 1
+    ratio = train["images_per_s"] / train["bench_step_images_per_s"]
+    assert abs(train["vs_bench_step"] - ratio) < 1e-2 * ratio
+    backends = result["zero"]["backends"]
+    assert backends["ddp"]["images_per_s"] > 0 and backends["zero2"]["images_per_s"] > 0
+    assert result["colorize"]["images_per_s"] > 0
+    assert result["evaluate"]["images"] > 0 and result["evaluate"]["ciede2000_model"] > 0
+    assert summary["headline"]["best_images_per_s"] == result["step"]["best"]["images_per_s"]
+
+
+def test_gpu_suite_records_a_failing_part_and_exits_non_zero(tmp_path):
+    out = tmp_path / "suite"
+    cmd = [sys.executable, "benchmarks/gpu_suite.py", "--out", str(out), "--tiny"]
+    proc = subprocess.run(
+        [*cmd, "--only", "evaluate,scaling"], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 1
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["parts"]["evaluate"]["status"] == "failed"
+    assert "no training run" in summary["parts"]["evaluate"]["error"]
+    assert summary["parts"]["scaling"]["status"] == "failed"  # ran after the failure
+    assert json.loads((out / "evaluate.json").read_text())["status"] == "failed"
