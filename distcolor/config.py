@@ -222,8 +222,12 @@ class TrainConfig(Section):
     check that the networks compile (the tests use it)."""
     cudnn_benchmark: bool = True
     """Let cuDNN time its convolution algorithms on the first steps and keep the fastest
-    (the input sizes never change in training). GPUs only; off for bitwise-deterministic
-    runs on a GPU."""
+    (the input sizes never change in training). GPUs only; `deterministic` turns it off."""
+    deterministic: bool = False
+    """Bitwise-reproducible GPU runs (a resume equal to not stopping, bit for bit): only
+    deterministic kernels (torch.use_deterministic_algorithms, cuDNN deterministic and not
+    benchmarking, CUBLAS_WORKSPACE_CONFIG=:4096:8). Slower on GPUs; CPU runs are
+    deterministic already."""
 
     @field_validator("mixed_precision", mode="before")
     @classmethod

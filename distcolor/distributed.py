@@ -11,7 +11,7 @@ from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration
 from torch import nn
 
-from distcolor.config import Config
+from distcolor.config import Config, TrainConfig
 from distcolor.errors import UserError
 
 _INT_OF_SIZE = {2: torch.int16, 4: torch.int32, 8: torch.int64}
@@ -26,7 +26,7 @@ def build_accelerator(cfg: Config) -> Accelerator:
     # network); Accelerate only starts the processes and the process group, so it must not
     # take the DeepSpeed launch for a request to wrap a single model.
     hidden = os.environ.pop("ACCELERATE_USE_DEEPSPEED", None)
-    torch.backends.cudnn.benchmark = cfg.train.cudnn_benchmark  # process-wide; GPUs only
+    set_kernel_flags(cfg.train)
     try:
         return Accelerator(
             # Without a GPU, say so: otherwise a torchrun / accelerate launch of several CPU
@@ -38,6 +38,17 @@ def build_accelerator(cfg: Config) -> Accelerator:
     finally:
         if hidden is not None:
             os.environ["ACCELERATE_USE_DEEPSPEED"] = hidden
+
+
+def set_kernel_flags(tc: TrainConfig) -> None:
+    """Process-wide kernel choices for GPUs (no effect on CPU runs): cuDNN autotuning, or
+    only deterministic kernels. Set before the first CUDA operation: cuBLAS reads its
+    workspace setting when its handle is created."""
+    if tc.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(tc.deterministic)
+    torch.backends.cudnn.deterministic = tc.deterministic
+    torch.backends.cudnn.benchmark = tc.cudnn_benchmark and not tc.deterministic
 
 
 def rank_and_world(accelerator: Accelerator) -> tuple[int, int]:
