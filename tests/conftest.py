@@ -8,6 +8,15 @@ import pytest
 
 from distcolor.data.shards import build_shards
 
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "gpu: needs a CUDA device (tests/test_gpu.py; skipped without one, "
+        "DISTCOLOR_GPU_TESTS_ON_CPU=1 dry-runs them on the CPU)",
+    )
+
+
 TINY_SHARDS = dict(synthetic=48, synthetic_size=40, size=40, shard_size=6, test_fraction=0.25)
 
 
