@@ -17,13 +17,14 @@ host-sync check is skipped, so on a GPU only CUDA behaviour itself can still sur
     in-process     the trainer in bf16/fp16; EMA and evaluation on the device; colorize
                    on the device against the CPU
 
-Bitwise resume on a GPU needs deterministic kernels. The compared runs go through
-tests/deterministic_train.py, which sets, before anything touches CUDA:
-CUBLAS_WORKSPACE_CONFIG=:4096:8 (also in the launch environment),
-torch.use_deterministic_algorithms(True, warn_only=True), torch.backends.cudnn.deterministic
-= True and torch.backends.cudnn.benchmark = False (plus train.cudnn_benchmark=false where
-the config has that key: the trainer sets the flag from it). The project has no config
-switch of its own for the first three.
+Bitwise resume on a GPU needs deterministic kernels. The compared runs set
+`train.deterministic=true`, the trainer's switch (distcolor.distributed.set_kernel_flags),
+which before anything touches CUDA sets
+    CUBLAS_WORKSPACE_CONFIG=:4096:8              (also in the launch environment here)
+    torch.use_deterministic_algorithms(True)     (an op without a deterministic kernel raises)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False       (no timing-based algorithm choice, which
+                                                 can differ between two processes)
 """
 
 from __future__ import annotations
@@ -394,6 +395,7 @@ def run_args(root: Path, shards: Path, name: str) -> list[str]:
         "train.ckpt_every": 2,
         "train.eval_images": 0,
         "train.mixed_precision": precision,
+        "train.deterministic": "true",
         "prune.at_steps": "[1,3]",
         "prune.discriminator": "true",
         **backend,
@@ -414,7 +416,7 @@ def launched(tmp_path_factory, tiny_shards):
 
     root = tmp_path_factory.mktemp("gpu-runs")
     names = [n for n in RUNS if n == "ddp" or has_deepspeed()]
-    script = "tests/deterministic_train.py"
+    script = "scripts/train.py"
     first = {n: launch(root / n, script, *run_args(root, tiny_shards, n)) for n in names}
     first["collectives"] = launch(
         root / "collectives", "tests/gpu_collectives.py", BACKEND, str(root / "coll.json")
