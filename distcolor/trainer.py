@@ -252,6 +252,8 @@ def train(
         plain_generator = accelerator.unwrap_model(step_fn.G)
         plain_discriminator = accelerator.unwrap_model(step_fn.D)
     generator, discriminator = step_fn.G, step_fn.D
+    if ema is not None:  # copied from G before the step moved G to the device
+        ema.module.to(accelerator.device)
     opt_g, opt_d = step_fn.optimizers
     # Whole weights for the EMA: a no-op except under ZeRO-3 (a collective there).
     gathered = ds.gathered if backend == "deepspeed" else _no_gather
@@ -259,7 +261,7 @@ def train(
         # DeepSpeed's modules are bf16/fp16 and, under ZeRO-3, partitioned with collective
         # forward hooks: rank-local work (samples, probes, evaluation) runs on float32
         # copies refreshed from the master weights (a collective, when that work is due).
-        local_g, local_d = build_models(cfg.model, seed=seed)
+        local_g, local_d = (m.to(accelerator.device) for m in build_models(cfg.model, seed=seed))
         g_net, d_net = step_fn.update_g.network, step_fn.update_d.network
 
         def refresh() -> None:
