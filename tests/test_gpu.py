@@ -318,7 +318,8 @@ def launch(logs: Path, *args: str, threads: int = 2) -> tuple[subprocess.Popen, 
     Output goes to files `logs`.{out,err}: pipes could fill while another run is awaited."""
     env = {
         **os.environ,
-        "PYTHONPATH": str(ROOT),
+        # the checkout first, then whatever the suite put there (a wheelhouse's packages)
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
         "OMP_NUM_THREADS": str(threads),
         "CUBLAS_WORKSPACE_CONFIG": ":4096:8",
     }
