@@ -125,7 +125,8 @@ def main() -> None:
             config = str(ROOT / f"configs/{model}.yaml")
             if model == "paper":  # bf16 there is for GPUs
                 overrides += ["prune=null", f"train.mixed_precision={args.precision}"]
-            env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+            path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+            env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
             if args.device == "cpu":
                 env.setdefault("ACCELERATE_USE_CPU", "1")
             out = f"{tmp}/{name}"

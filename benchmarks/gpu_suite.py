@@ -60,6 +60,7 @@ class Suite:
         self.out, self.tiny, self.env = out, tiny, env
         self.deadline = time.monotonic() + budget_s
         self.results: dict[str, dict] = {}
+        self.compile_modes = ["default"]
 
     def left(self) -> float:
         return self.deadline - time.monotonic()
@@ -269,6 +270,8 @@ def part_step(suite: Suite) -> dict:
 
 
 def part_compile(suite: Suite) -> dict:
+    """bf16 (+ channels_last) compiled, at the ladder's best batch size: torch.compile's
+    default mode, then each of --compile-modes (reduce-overhead adds CUDA graphs)."""
     best = suite.results.get("step", {}).get("best") or {}
     batch = best.get("batch_size", 4 if suite.tiny else 64)
     overrides = ["train.mixed_precision=bf16", "train.compile=true"]
@@ -276,11 +279,25 @@ def part_compile(suite: Suite) -> dict:
         overrides.append("train.compile_backend=aot_eager")
     else:
         overrides.append("model.channels_last=true")
-    run = _bench_step(suite, "compile", [batch], overrides, limit=60 if suite.tiny else 300)
-    run = _utilisation(run, suite.results.get("env", {}).get("matmul_bf16_tflops"))
+    matmul = suite.results.get("env", {}).get("matmul_bf16_tflops")
     eager = best.get("images_per_s")
-    run["vs_eager_best"] = round(run["images_per_s"] / eager, 3) if eager else None
-    return run
+    runs = {}
+    for mode in suite.compile_modes:
+        try:
+            run = _bench_step(
+                suite, "compile", [batch], [*overrides, f"train.compile_mode={mode}"],
+                limit=60 if suite.tiny else 300,
+            )  # fmt: skip
+        except RuntimeError as err:
+            if not runs:
+                raise
+            runs[mode] = {"error": str(err)}
+            continue
+        run = _utilisation(run, matmul)
+        run["vs_eager_best"] = round(run["images_per_s"] / eager, 3) if eager else None
+        runs[mode] = run
+    first = runs[suite.compile_modes[0]]
+    return {**first, "modes": runs}
 
 
 def _reference_ladder(suite: Suite) -> dict:
@@ -497,15 +514,17 @@ def headline(results: dict) -> dict:
 
 
 def install_wheels(wheelhouse: Path) -> str:
-    """pip-install every wheel of `wheelhouse` (no index, no dependencies) into a temporary
-    folder; returns that folder for PYTHONPATH."""
-    wheels = sorted(str(p) for p in Path(wheelhouse).glob("*.whl"))
+    """pip-install the wheels of `wheelhouse` (scripts/wheelhouse.py; no index, no
+    dependencies) into a temporary folder, for PYTHONPATH after the checkout. distcolor's own
+    wheel is left out: the checkout is what is checked."""
+    wheels = sorted(str(p) for p in Path(wheelhouse).glob("*.whl") if p.name[:10] != "distcolor-")
     if not wheels:
         raise SystemExit(f"--wheelhouse: no .whl files in {wheelhouse}")
     site = tempfile.mkdtemp(prefix="distcolor-site-")
     cmd = [sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps"]
     cmd += ["--no-compile", "--no-cache-dir", "--target", site, *wheels]
-    subprocess.run(cmd, check=True)
+    if subprocess.run(cmd).returncode != 0:
+        raise SystemExit(f"--wheelhouse: pip could not install the wheels of {wheelhouse}")
     return site
 
 
@@ -516,6 +535,11 @@ def main() -> None:
     p.add_argument("--budget-s", type=float, default=None, help="default 480 (tiny: 600)")
     p.add_argument("--only", help="comma list of parts to run (default: all)")
     p.add_argument("--wheelhouse", type=Path, help="install these wheels first (offline)")
+    p.add_argument(
+        "--compile-modes",
+        default="default",
+        help="torch.compile modes to time, comma list (e.g. default,reduce-overhead)",
+    )
     p.add_argument("--ceilings", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.ceilings:  # the env part, in a process of its own
@@ -527,12 +551,13 @@ def main() -> None:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     paths = [str(ROOT)]
     if a.wheelhouse:
-        paths.insert(0, install_wheels(a.wheelhouse))
+        paths.append(install_wheels(a.wheelhouse))
     env["PYTHONPATH"] = os.pathsep.join(paths + [env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     if a.tiny:
         env.setdefault("ACCELERATE_USE_CPU", "1")
     budget = a.budget_s if a.budget_s is not None else (600 if a.tiny else 480)
     suite = Suite(a.out, tiny=a.tiny, budget_s=budget, env=env)
+    suite.compile_modes = a.compile_modes.split(",")
     chosen = set(a.only.split(",")) if a.only else {name for name, *_ in PARTS}
     unknown = chosen - {name for name, *_ in PARTS}
     if unknown:
