@@ -246,6 +246,11 @@ class TrainConfig(Section):
     keep_every: int | None = Field(None, ge=1)
     """Also keep every checkpoint whose step is a multiple of this (null: none), for
     looking back at a long run."""
+    async_checkpoint: bool = True
+    """Copy the state to host memory at a checkpoint step and write it on a background
+    thread while training goes on (the same files, marker and rename; the next checkpoint
+    and the end of the run wait for it). Holds a second copy of the state in host memory.
+    DDP backend only: DeepSpeed's save is collective and stays synchronous."""
     hist_every: int = Field(500, ge=1)
     """Steps between histograms (weights, predicted vs real chroma) and colourfulness logs."""
     eval_images: int = Field(512, ge=0)

@@ -25,6 +25,7 @@ from accelerate.utils import gather_object
 from torch import nn
 
 from distcolor import __version__
+from distcolor.async_checkpoint import CheckpointWriter
 from distcolor.checkpoint import (
     STATE,
     begin_checkpoint,
@@ -34,7 +35,6 @@ from distcolor.checkpoint import (
     list_checkpoints,
     load_parts,
     restore,
-    save_checkpoint,
     staging_path,
 )
 from distcolor.color import lab_inputs
@@ -349,7 +349,14 @@ def train(
         )
     stopped_at = None
     tracker = Tracker(run_dir, enabled=is_main, total_steps=tc.max_steps, start_step=start_step)
-    with tracker, StopRequest(log=log) as stop_request:
+    checkpoints = CheckpointWriter(  # leaving the block below waits for its last write
+        ckpt_dir,
+        keep_last=tc.keep_last,
+        keep_every=tc.keep_every,
+        background=tc.async_checkpoint,
+        log=log,
+    )
+    with tracker, StopRequest(log=log) as stop_request, checkpoints:
         tracker.log_text("model", _model_facts(facts), start_step)
         batches = recycle_batches(loader)  # each batch is converted on arrival
         step_images = data.batch_size * tc.grad_accum * world
@@ -479,13 +486,11 @@ def train(
                 elif is_main:
                     state["G"] = plain_generator.state_dict()
                     state["D"] = plain_discriminator.state_dict()
-                    save_checkpoint(
-                        state,
-                        ckpt_dir,
-                        step=step,
-                        keep_last=tc.keep_last,
-                        keep_every=tc.keep_every,
-                    )
+                    # train.async_checkpoint: a host-memory snapshot now, written by a
+                    # thread (after the previous write); a stop waits until it is in place.
+                    checkpoints.save(state, step=step)
+                    if stop:
+                        checkpoints.wait()
                 accelerator.wait_for_everyone()
             if stop:
                 stopped_at = step
