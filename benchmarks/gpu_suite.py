@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -540,6 +541,7 @@ def main() -> None:
         default="default",
         help="torch.compile modes to time, comma list (e.g. default,reduce-overhead)",
     )
+    p.add_argument("--keep-work", action="store_true", help="keep DIR/work (shards, run, report)")
     p.add_argument("--ceilings", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.ceilings:  # the env part, in a process of its own
@@ -579,6 +581,8 @@ def main() -> None:
         },
         "headline": headline(suite.results),
     }
+    if not a.keep_work:  # shards and the training run's 1 GB checkpoint
+        shutil.rmtree(a.out / "work", ignore_errors=True)
     (a.out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary))
     if any(v["status"] != "ok" for v in suite.results.values()):
