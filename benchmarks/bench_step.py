@@ -115,7 +115,9 @@ def main() -> None:
     for batch in batches:
         try:
             runs.append(time_step(step, cfg, precision, device, batch, warmup, repeats))
-        except torch.OutOfMemoryError:
+        except RuntimeError as err:  # OutOfMemoryError, or cuDNN's own allocation failure
+            if "out of memory" not in str(err).lower() and "alloc" not in str(err).lower():
+                raise
             runs.append({"batch_size": batch, "error": "out of memory"})
             break
         finally:

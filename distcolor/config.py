@@ -326,6 +326,15 @@ class Config(Section):
     deepspeed: DeepSpeedConfig = DeepSpeedConfig()
 
     @model_validator(mode="after")
+    def _compile_with_ddp(self) -> Config:
+        if self.train.compile and self.train.backend == "deepspeed":
+            raise ValueError(
+                "train.compile: not supported with train.backend=deepspeed (its engines wrap "
+                "and partition the networks); compile with the ddp backend"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _prune_schedule_fits(self) -> Config:
         prune = self.prune
         if prune is None:

@@ -43,11 +43,15 @@ def add_mean(metrics: dict, prefix: str, values: dict, *, count: int) -> None:
 
 
 def compile_in_place(*networks: nn.Module, mode: str, backend: str = "inductor") -> None:
-    """torch.compile each network's forward in place (`nn.Module.compile`), before DDP wraps
-    it. Unlike `torch.compile(net)` this adds no `_orig_mod.` wrapper, so parameter names,
-    state dicts and checkpoints are the same compiled or not. The D half (D's weights
-    trainable) and the G half (frozen) are two graphs of D, eval-mode forwards (samples,
-    probes, evaluation) one more each: all compiled once, on first use."""
+    """torch.compile each network's forward in place (`nn.Module.compile`), after DDP wraps
+    it: Dynamo then sees DDP and splits the graph at its gradient buckets, so the
+    all-reduces still overlap the backward (compiling under DDP would give one backward
+    that hands every gradient over at its end). In place, unlike `torch.compile(net)`, adds
+    no `_orig_mod.` wrapper: parameter names, state dicts and checkpoints are the same
+    compiled or not. The D half (D's weights trainable) and the G half (frozen) are two
+    graphs of D, compiled once each on first use. Samples, probes and evaluation run the
+    unwrapped networks: eager under DDP; in a single process (no DDP wrapper) they are the
+    compiled ones, and eval mode compiles once more."""
     for net in networks:
         # torch.compile takes no mode for backends other than inductor
         net.compile(backend=backend, mode=mode if backend == "inductor" else None)
@@ -152,11 +156,11 @@ class GANStep:
         and, in fp16, a scaler. Optimizers are not passed to `accelerator.prepare`: its
         wrapper would drive Accelerate's single shared GradScaler."""
         tc = cfg.train
+        generator, discriminator = accelerator.prepare(generator, discriminator)
         if tc.compile:
             compile_in_place(
                 generator, discriminator, mode=tc.compile_mode, backend=tc.compile_backend
             )
-        generator, discriminator = accelerator.prepare(generator, discriminator)
         update_g, update_d = (
             NetworkUpdate(
                 net,

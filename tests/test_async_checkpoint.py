@@ -270,6 +270,7 @@ def test_kill_9_during_a_background_write_leaves_the_previous_checkpoint(
     assert not staging.exists()  # the next write cleared the remains
 
 
+@pytest.mark.gpu  # run by `pytest -m gpu` (benchmarks/gpu_suite.py)
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_snapshot_goes_through_reused_pinned_buffers(tmp_path):
     net = nn.Conv2d(1, 4, 3).cuda()

@@ -1,9 +1,12 @@
 """The benchmarks run and end with one JSON line (their figures are not asserted)."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -179,3 +182,31 @@ def test_gpu_suite_records_a_failing_part_and_exits_non_zero(tmp_path):
     assert "no training run" in summary["parts"]["evaluate"]["error"]
     assert summary["parts"]["scaling"]["status"] == "failed"  # ran after the failure
     assert json.loads((out / "evaluate.json").read_text())["status"] == "failed"
+
+
+def test_gpu_suite_kills_a_timed_out_part_with_the_processes_it_left_its_group(tmp_path):
+    """A part past its limit ends with everything it started, also a child in a session of
+    its own (as torchrun starts its workers), which a process-group kill would miss."""
+    import importlib.util
+
+    import psutil
+
+    spec = importlib.util.spec_from_file_location("gpu_suite", ROOT / "benchmarks/gpu_suite.py")
+    suite_module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(suite_module)
+    suite = suite_module.Suite(tmp_path, tiny=True, budget_s=60, env=dict(os.environ))
+    pidfile = tmp_path / "child.pid"
+    script = (
+        "import subprocess, sys, time\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'],"
+        " start_new_session=True)\n"
+        f"open({str(pidfile)!r}, 'w').write(str(child.pid))\n"
+        "print('started', flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    with pytest.raises(suite_module.PartError, match="timed out after 3 s") as err:
+        suite.command("hang", [sys.executable, "-c", script], limit=3)
+    assert "started" in err.value.stdout
+    child = int(pidfile.read_text())
+    assert not psutil.pid_exists(child) or psutil.Process(child).status() == "zombie"
+    assert "started" in (tmp_path / "hang.log").read_text()

@@ -10,11 +10,12 @@ import json
 
 import pytest
 import torch
+from torch._dynamo.utils import counters
 
 from distcolor.checkpoint import latest_checkpoint, load_checkpoint
 from distcolor.config import load_config
 from distcolor.deepspeed_step import DeepSpeedGANStep
-from distcolor.errors import UserError
+from distcolor.errors import ConfigError, UserError
 from distcolor.models import build_models
 from distcolor.trainer import train
 from tests.conftest import reset_accelerate, tiny_overrides
@@ -55,7 +56,10 @@ def test_compiled_runs_track_eager_resume_across_compile_and_save_clean_names(
 ):
     ema = {"train.ema_half_life": 100}
     eager = _run(tmp_path, tiny_shards, "eager", steps=4, **ema)
+    graphs = counters["stats"]["unique_graphs"]
     compiled = _run(tmp_path, tiny_shards, "compiled", steps=4, **ema, **COMPILED)
+    # G, D trainable, D frozen, G in eval mode for samples (a single process: no DDP wrapper)
+    assert counters["stats"]["unique_graphs"] - graphs >= 3
     _assert_tracks(_losses(eager), _losses(compiled))
     a, b = _final_weights(eager), _final_weights(compiled)
     for net in ("G", "D", "G_ema"):
@@ -75,7 +79,12 @@ def test_compiled_runs_track_eager_resume_across_compile_and_save_clean_names(
 
 
 def test_compile_with_deepspeed_is_one_line(tmp_path):
-    cfg = load_config(None, ["train.compile=true", "train.backend=deepspeed"])
+    # named in the config: refused when it is read
+    with pytest.raises(ConfigError, match=r"^train.compile: not supported with .*deepspeed"):
+        load_config(None, ["train.compile=true", "train.backend=deepspeed"])
+    # chosen by the launcher (accelerate launch with a DeepSpeed config): refused before
+    # DeepSpeed starts
+    cfg = load_config(None, ["train.compile=true"])
     g, d = build_models(cfg.model, seed=0)
     with pytest.raises(UserError, match=r"^train.compile: not supported with .*deepspeed"):
         DeepSpeedGANStep.build(cfg, g, d, world=1, precision=None)

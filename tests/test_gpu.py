@@ -349,7 +349,7 @@ def end_tree(proc: subprocess.Popen) -> None:
     psutil.wait_procs(children, timeout=10)
 
 
-def finish(procs: dict, timeout: float = 300 if ON_CPU else 150) -> dict:
+def finish(procs: dict, timeout: float = 300 if ON_CPU else 100) -> dict:
     """Wait for every launched process, all of them within `timeout` seconds (a hung NCCL
     call must not eat the GPU session's time); name -> (returncode, stdout, stderr)."""
     deadline = time.monotonic() + timeout
