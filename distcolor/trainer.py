@@ -365,12 +365,15 @@ def train(
         bad_steps = 0
         for step in range(start_step + 1, tc.max_steps + 1):
             t0 = time.perf_counter()
-            micro = []
+            wait, micro = 0.0, []
             for _ in range(tc.grad_accum):
+                t = time.perf_counter()
                 batch = next(batches)
+                # Data wait is the loader's alone: the conversion can wait for the GPU to
+                # finish the last step (kornia copies its constants there, blocking).
+                wait += time.perf_counter() - t
                 positions.update(batch)
                 micro.append(lab_inputs(batch, device))
-            t1 = time.perf_counter()
             torch.manual_seed(step_seed(cfg.run.seed, step, rank))
             set_learning_rates(opt_g, opt_d, step, tc)
             metrics = step_fn(micro)
@@ -393,7 +396,8 @@ def train(
                         probe=probe,
                         tracker=tracker,
                     )
-            waited, computed = waited + t1 - t0, computed + time.perf_counter() - t1
+            elapsed = time.perf_counter() - t0
+            waited, computed = waited + wait, computed + elapsed - wait
             bad_steps = 0 if metrics["stepped/G"] and metrics["stepped/D"] else bad_steps + 1
             if bad_steps >= tc.max_bad_steps:
                 raise UserError(_diverged_message(step, bad_steps, ckpt_dir))

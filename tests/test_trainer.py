@@ -498,3 +498,37 @@ def test_sync_batchnorm_converts_both_networks_and_keeps_checkpoints_compatible(
     reset_accelerate()
     plain = {**extra, "model.sync_batchnorm": "false", "train.max_steps": 3}
     train(load_config(None, tiny_overrides(tmp_path, tiny_shards, **plain)), resume=True)
+
+
+def test_data_wait_is_the_loaders_time_alone(tmp_path, tiny_shards):
+    """perf/data_wait_s_per_step counts the time spent waiting for the loader (here a slow
+    one that sleeps 0.2 s per batch), not the conversion or the step."""
+    import itertools
+    import time
+    from collections import Counter
+
+    rgb = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    batch = {
+        "gray": rgb.float().mean(1, keepdim=True).to(torch.uint8),
+        "rgb": rgb,
+        "worker": 0,
+        "position": {},
+        "skipped": 0,
+        "sources": Counter({"synthetic": 4}),
+    }
+
+    def slow():
+        for item in itertools.repeat(batch):
+            time.sleep(0.2)
+            yield item
+
+    extra = {"train.max_steps": 4, "train.log_every": 2, "train.eval_images": 0}
+    cfg = load_config(None, tiny_overrides(tmp_path, tiny_shards, **extra))
+    train(cfg, batches=slow())
+    rows = [json.loads(r) for r in (cfg.run_dir / "metrics.jsonl").read_text().splitlines()]
+    perf = [r for r in rows if "perf/data_wait_s_per_step" in r]
+    assert [r["step"] for r in perf] == [2, 4]
+    for r in perf:
+        assert r["perf/data_wait_s_per_step"] >= 0.2  # every step waited for its batch
+        # the rest of the step is counted as compute, not as waiting
+        assert r["perf/compute_s_per_step"] > 0
