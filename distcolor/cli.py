@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import sys
-from collections.abc import Callable
 from pathlib import Path
 
 from distcolor.config import Config, load_config
-from distcolor.errors import UserError
+from distcolor.errors import run_main  # noqa: F401 (scripts import it from here)
 
 # The embedded default, found from the checkout whatever the working directory.
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "default.yaml"
@@ -29,15 +27,3 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace) -> Config:
     return load_config(args.config, args.overrides)
-
-
-def run_main(main: Callable[[], object]) -> None:
-    """Run `main`; a UserError exits with status 2 and a single `error: ...` line on stderr."""
-    try:
-        main()
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)

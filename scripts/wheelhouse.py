@@ -21,10 +21,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-from distcolor.errors import UserError
+from distcolor.errors import run_main
 
 
 def main() -> None:
@@ -88,19 +87,5 @@ def main() -> None:
     print(json.dumps(house.facts()))
 
 
-def run() -> None:
-    # distcolor.cli.run_main's contract (a UserError is one `error:` line, exit status 2),
-    # without importing distcolor.cli: that loads the config's pydantic and yaml, which a
-    # machine that only builds wheelhouses needs not have.
-    try:
-        main()
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
-
-
 if __name__ == "__main__":
-    run()
+    run_main(main)
