@@ -400,6 +400,7 @@ def train(
             waited, computed = waited + wait, computed + elapsed - wait
             bad_steps = 0 if metrics["stepped/G"] and metrics["stepped/D"] else bad_steps + 1
             if bad_steps >= tc.max_bad_steps:
+                checkpoints.wait()  # the message names the newest checkpoint on disk
                 raise UserError(_diverged_message(step, bad_steps, ckpt_dir))
 
             if step % tc.log_every == 0 or step == tc.max_steps:
