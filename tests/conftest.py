@@ -15,6 +15,11 @@ def pytest_configure(config: pytest.Config) -> None:
         "gpu: needs a CUDA device (tests/test_gpu.py; skipped without one, "
         "DISTCOLOR_GPU_TESTS_ON_CPU=1 dry-runs them on the CPU)",
     )
+    config.addinivalue_line(
+        "markers",
+        "faults: slow fault-injection runs (kills, full disks, lost ranks), left out of the "
+        "default run; `python -m pytest -m faults` runs them",
+    )
 
 
 TINY_SHARDS = dict(synthetic=48, synthetic_size=40, size=40, shard_size=6, test_fraction=0.25)
