@@ -57,6 +57,7 @@ from distcolor.errors import UserError
 from distcolor.evaluation import HeldOut
 from distcolor.evaluation import scalars as evaluation_scalars
 from distcolor.flops import peak_flops, step_flops
+from distcolor.locks import run_lock
 from distcolor.losses import GANObjective
 from distcolor.lottery import LotteryTicket
 from distcolor.models import build_models, count_parameters, init_seed
@@ -176,6 +177,11 @@ def train(
     batches: loader-format batches (uint8 `gray` and `rgb`, plus `worker`, `position`,
     `skipped`, `sources`) to train on instead of the shard stream (benchmarks).
     """
+    with run_lock(cfg.run_dir):  # one trainer per run folder, before anything is written
+        return _train(cfg, resume=resume, batches=batches)
+
+
+def _train(cfg: Config, *, resume: bool | str | None, batches: Iterable[dict] | None) -> dict:
     run_dir, ckpt_dir = cfg.run_dir, cfg.run_dir / "checkpoints"
     candidates = _resume_candidates(resume, ckpt_dir)
     accelerator = build_accelerator(cfg)

@@ -11,6 +11,7 @@ from PIL import Image
 
 import distcolor.data.shards as shards_module
 from distcolor.data.catalog import read_manifest
+from distcolor.data.publish import staging_path
 from distcolor.data.shards import build_shards, few_shards_warning
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -156,7 +157,7 @@ def test_an_interrupted_build_resumes_keeping_finished_shards(tmp_path, monkeypa
     out = tmp_path / "out"
     with pytest.raises(KeyboardInterrupt):
         build_shards(out, **args)
-    staging = out / ".partial"
+    staging = staging_path(out)  # .out.partial, beside out
     assert not (out / "manifest.json").exists()
     kept = {name: (staging / f"{name}.tar").stat().st_ino for name in written}
     # A half-written shard and a record of another plan are not taken as finished.

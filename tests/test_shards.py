@@ -6,6 +6,7 @@ import pytest
 from PIL import Image
 
 from distcolor.data.catalog import MANIFEST, read_manifest, shard_list
+from distcolor.data.publish import staging_path
 from distcolor.data.shards import assign_split, build_shards
 from distcolor.errors import UserError
 
@@ -173,7 +174,7 @@ def test_failed_rebuild_keeps_the_previous_dataset(tmp_path):
     with pytest.raises(UserError, match="no usable images found .*a.txt: not an image"):
         build_shards(out, folders=[("x", empty)], overwrite=True)
     assert read_manifest(out) == first
-    assert not (out / ".partial").exists()
+    assert not (out / ".partial").exists() and not staging_path(out).exists()
     with pytest.raises(UserError, match="is a file, not a folder"):
         build_shards(out / "manifest.json", synthetic=10, synthetic_size=32)
 

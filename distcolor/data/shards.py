@@ -4,18 +4,23 @@ Layout written to `out/`: `train-<source>-000000.tar ...`, `test-<source>-000000
 (each shard holds one source, so the loader can weight sources) and, last,
 `manifest.json`. A folder without a manifest is incomplete (the loader refuses it).
 
-A build works in a hidden folder inside `out`, `.partial/` (same filesystem, so the final
-moves are renames):
+One build per folder at a time: a build holds `out`'s writer lock (distcolor/locks.py,
+`.<name>.lock` beside it) from before it writes anything to the end; a second one is
+refused with a line naming the first.
+
+A build works in the hidden folder `.<name>.partial/` beside `out` (same filesystem, so
+the final moves are renames):
 - each shard is written as `NAME.tmp`, renamed to `NAME.tar` when complete, and then
   gets a `NAME.json` record (its plan digest, counts, skipped inputs): a shard is
   finished only when its record exists and names the same plan;
 - a re-run with the same arguments keeps every finished shard and writes the rest, so
   a killed build resumes where it stopped (webdataset's ShardWriter would write
   straight to the final name, leaving a half tar that looks finished);
-- only when every shard is done are they moved into `out/` with the manifest, so a
-  rebuild (`--overwrite`) that fails or is killed while reading and writing (where
-  builds fail: bad inputs, a full disk, a kill) leaves the previous dataset as it was;
-  the swap at the end is a few renames.
+- when every shard is done, the manifest is written into that folder, which then
+  replaces `out` whole (distcolor/data/publish.py: an atomic exchange of the two
+  folders on Linux), so a rebuild (`--overwrite`) that fails or is killed at any point,
+  the publish included, leaves a complete dataset in `out`: the previous one until the
+  new one is complete. Hence `out` holds a shard set and nothing else.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import shutil
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import nullcontext
 from pathlib import Path
 
 import PIL
@@ -36,7 +42,7 @@ from rich.progress import track
 
 from distcolor import __version__
 from distcolor.config import SyntheticConfig
-from distcolor.data.catalog import MANIFEST, read_manifest
+from distcolor.data.catalog import MANIFEST, SHARD_NAME, read_manifest
 from distcolor.data.layouts import find_images
 from distcolor.data.plan import (
     SPLITS,
@@ -47,6 +53,7 @@ from distcolor.data.plan import (
     make_plan,
     synthetic_inputs,
 )
+from distcolor.data.publish import needs_recovery, publish, recover, staging_path
 from distcolor.data.sources import (
     DEFAULT_MIN_COLORFULNESS,
     Sample,
@@ -57,6 +64,7 @@ from distcolor.data.sources import (
 )
 from distcolor.data.workers import process_context
 from distcolor.errors import UserError
+from distcolor.locks import folder_lock
 
 __all__ = ["MANIFEST", "assign_split", "build_shards", "ensure_shards", "few_shards_warning"]
 
@@ -64,11 +72,41 @@ FORMAT_VERSION = 2
 Log = Callable[[str], None]
 
 
+# What earlier versions left inside `out`: their staging folder, a manifest being written.
+LEGACY_FILES = (".partial", f".{MANIFEST}.tmp")
+
+
 def _check_out(out: Path, overwrite: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise UserError(f"{out} is a file, not a folder")
     if (out / MANIFEST).exists() and not overwrite:
         raise UserError(f"{out} already holds shards (manifest.json); pass --overwrite to replace")
+    if not out.is_dir():
+        return
+    if os.path.ismount(os.path.realpath(out)):
+        raise UserError(
+            f"{out} is a mount point; a build replaces the folder whole: use a folder inside it"
+        )
+    foreign = sorted(p.name for p in out.iterdir() if not _is_shard_set_file(p.name))
+    if foreign:
+        raise UserError(
+            f"{out} holds files that are not shards (e.g. {foreign[0]}); a build replaces the "
+            "folder whole: move them out or choose another folder"
+        )
+
+
+def _is_shard_set_file(name: str) -> bool:
+    return name == MANIFEST or name in LEGACY_FILES or SHARD_NAME.fullmatch(name) is not None
+
+
+def _is_complete(folder: Path) -> bool:
+    return (folder / MANIFEST).is_file()
+
+
+def _recover(out: Path) -> None:
+    """What a killed publish left beside `out`, repaired (the caller holds the lock)."""
+    try:
+        recover(Path(os.path.realpath(out)), _is_complete)
+    except OSError as err:
+        raise UserError(f"{out}: cannot repair an interrupted build ({err})") from None
 
 
 def _progress(items: Iterable, total: int, what: str) -> Iterable:
@@ -183,7 +221,10 @@ def _write_shard(task: tuple[ShardJob, str]) -> dict:
 
 def _write_json(path: Path, data: dict, **dump_args) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, **dump_args))
+    with open(tmp, "w") as stream:
+        stream.write(json.dumps(data, **dump_args))
+        stream.flush()
+        os.fsync(stream.fileno())
     os.replace(tmp, path)
 
 
@@ -199,7 +240,11 @@ def _finished(staging: Path, jobs: list[ShardJob]) -> dict[str, dict]:
             keep[job.name] = record
     wanted = {f"{name}.{ext}" for name in keep for ext in ("tar", "json")}
     for path in staging.iterdir():
-        if path.name not in wanted:
+        if path.name in wanted:
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
             path.unlink()  # half-written, or planned differently: rewrite
     return keep
 
@@ -250,22 +295,17 @@ def _manifest(
 
 
 def _publish(staging: Path, out: Path, manifest: dict) -> None:
-    """Swap a finished build into `out`; the previous shards stay until this point."""
-    new = {shard["file"] for split in SPLITS for shard in manifest["splits"][split]["shards"]}
+    """Write the manifest into `staging` (a complete set from then on), drop the build's
+    records, and swap the folder in place of `out`."""
+    keep = {shard["file"] for split in SPLITS for shard in manifest["splits"][split]["shards"]}
     try:
-        # Manifest first: if we die half-way the folder reads as incomplete, not as
-        # stale-but-valid. Then renames (same filesystem), then the old leftovers go.
-        (out / MANIFEST).unlink(missing_ok=True)
-        for name in sorted(new):
-            os.replace(staging / name, out / name)
-        for split in SPLITS:
-            for old in out.glob(f"{split}-*.tar"):
-                if old.name not in new:
-                    old.unlink()
-        _write_json(out / MANIFEST, manifest, indent=2)
+        _write_json(staging / MANIFEST, manifest, indent=2)
+        for path in staging.iterdir():  # records, and shards whose every input was skipped
+            if path.name not in keep | {MANIFEST}:
+                path.unlink()
+        publish(staging, out)
     except OSError as err:
         raise UserError(f"{out}: could not move the finished shards in place ({err})") from None
-    shutil.rmtree(staging, ignore_errors=True)
 
 
 def build_shards(
@@ -284,10 +324,12 @@ def build_shards(
     workers: int = 1,
     overwrite: bool = False,
     log: Log = print,
+    lock: bool = True,
 ) -> dict:
     """Read every source, write shards + manifest to `out`; UserError if nothing was usable.
 
-    Resumable: shards finished by an interrupted run with the same arguments are kept."""
+    Resumable: shards finished by an interrupted run with the same arguments are kept.
+    lock: take `out`'s writer lock (False: the caller holds it)."""
     out = Path(out)
     folders = [(name, Path(root)) for name, root in folders]
     if not folders and synthetic <= 0:
@@ -300,81 +342,86 @@ def build_shards(
             raise UserError(f"--source {name}: the name is used twice")
         if not root.is_dir():
             raise UserError(f"--source {name}={root}: folder does not exist")
-    _check_out(out, overwrite)  # before any work: a long build must not fail at the end
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out} is a file, not a folder")
+    real = Path(os.path.realpath(out))  # a link to the set: its parent stages and swaps
+    # One writer at a time, from before anything is written (or deleted) to the end.
+    writer = folder_lock(out, name=str(out), purpose="a shard build", log=log)
+    with writer if lock else nullcontext():
+        _recover(out)  # a publish that was killed: put a complete set back
+        _check_out(out, overwrite)  # before any work: a long build must not fail at the end
 
-    started = time.perf_counter()
-    inputs, scan_skips, warnings = _scan(folders, out=out, workers=workers, log=log)
-    if synthetic > 0:
-        inputs += synthetic_inputs(synthetic, size=synthetic_size, seed=synthetic_seed)
-    settings = {
-        "format": FORMAT_VERSION,
-        # A shard made by other code may hold other bytes: rebuild rather than reuse it.
-        "code": f"distcolor {__version__}, Pillow {PIL.__version__}",
-        "size": size,
-        "quality": quality,
-        "min_colorfulness": min_colorfulness,
-        "synthetic_size": synthetic_size,
-        "synthetic_seed": synthetic_seed,
-    }
-    plan = make_plan(
-        inputs, shard_size=shard_size, test_fraction=test_fraction, seed=seed, settings=settings
-    )
-
-    staging, existed = out / ".partial", out.exists()
-    try:
-        staging.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise UserError(f"{out}: cannot write there ({err.strerror or err})") from None
-    records = _finished(staging, plan.jobs)
-    todo = [job for job in plan.jobs if job.name not in records]
-    if records:
-        log(f"resuming: {len(records)} of {len(plan.jobs)} shards already written")
-    written = _map(_write_shard, [(job, str(staging)) for job in todo], workers, ordered=False)
-    for record in _progress(written, len(todo), "writing shards"):
-        records[record["file"].removesuffix(".tar")] = record
-
-    header = {
-        "format": FORMAT_VERSION,
-        "created_by": f"distcolor {__version__}",
-        "seed": seed,
-        "test_fraction": test_fraction,
-        "settings": {
+        started = time.perf_counter()
+        inputs, scan_skips, warnings = _scan(folders, out=out, workers=workers, log=log)
+        if synthetic > 0:
+            inputs += synthetic_inputs(synthetic, size=synthetic_size, seed=synthetic_seed)
+        settings = {
+            "format": FORMAT_VERSION,
+            # A shard made by other code may hold other bytes: rebuild rather than reuse it.
+            "code": f"distcolor {__version__}, Pillow {PIL.__version__}",
             "size": size,
             "quality": quality,
-            "shard_size": shard_size,
             "min_colorfulness": min_colorfulness,
-        },
-        "roots": {name: str(root) for name, root in folders},
-        "warnings": warnings,
-    }
-    if synthetic > 0 and not folders:
-        # Lets the trainer tell whether a folder holds the synthetic set its config asks for.
-        header["settings"]["synthetic"] = {
-            "count": synthetic,
-            "size": synthetic_size,
-            "seed": synthetic_seed,
-            "shard_size": shard_size,
-            "test_fraction": test_fraction,
+            "synthetic_size": synthetic_size,
+            "synthetic_seed": synthetic_seed,
         }
-    manifest = _manifest(plan, records, scan_skips, header=header)
-    total = sum(manifest["splits"][s]["count"] for s in SPLITS)
-    if total == 0:
-        shutil.rmtree(staging, ignore_errors=True)  # nothing usable: keep what `out` had
-        if not existed:
-            out.rmdir()
-        first = manifest["skipped"][0] if manifest["skipped"] else None
-        example = f"; e.g. {first['path']}: {first['reason']}" if first else ""
-        raise UserError(
-            f"no usable images found ({manifest['skipped_count']} inputs skipped{example})"
+        plan = make_plan(
+            inputs, shard_size=shard_size, test_fraction=test_fraction, seed=seed, settings=settings
         )
-    _publish(staging, out, manifest)
-    seconds = time.perf_counter() - started
-    manifest_inputs = len(inputs) + len(scan_skips)
-    log(
-        f"sharded {manifest_inputs} inputs in {seconds:.1f} s "
-        f"({manifest_inputs / max(seconds, 1e-9):.0f} inputs/s, {workers} worker(s))"
-    )
-    return manifest
+
+        staging = staging_path(real)
+        try:
+            staging.mkdir(exist_ok=True)
+        except OSError as err:
+            raise UserError(f"{out}: cannot write there ({err.strerror or err})") from None
+        records = _finished(staging, plan.jobs)
+        todo = [job for job in plan.jobs if job.name not in records]
+        if records:
+            log(f"resuming: {len(records)} of {len(plan.jobs)} shards already written")
+        written = _map(_write_shard, [(job, str(staging)) for job in todo], workers, ordered=False)
+        for record in _progress(written, len(todo), "writing shards"):
+            records[record["file"].removesuffix(".tar")] = record
+
+        header = {
+            "format": FORMAT_VERSION,
+            "created_by": f"distcolor {__version__}",
+            "seed": seed,
+            "test_fraction": test_fraction,
+            "settings": {
+                "size": size,
+                "quality": quality,
+                "shard_size": shard_size,
+                "min_colorfulness": min_colorfulness,
+            },
+            "roots": {name: str(root) for name, root in folders},
+            "warnings": warnings,
+        }
+        if synthetic > 0 and not folders:
+            # Lets the trainer tell whether a folder holds the synthetic set its config asks for.
+            header["settings"]["synthetic"] = {
+                "count": synthetic,
+                "size": synthetic_size,
+                "seed": synthetic_seed,
+                "shard_size": shard_size,
+                "test_fraction": test_fraction,
+            }
+        manifest = _manifest(plan, records, scan_skips, header=header)
+        total = sum(manifest["splits"][s]["count"] for s in SPLITS)
+        if total == 0:
+            shutil.rmtree(staging, ignore_errors=True)  # nothing usable: keep what `out` had
+            first = manifest["skipped"][0] if manifest["skipped"] else None
+            example = f"; e.g. {first['path']}: {first['reason']}" if first else ""
+            raise UserError(
+                f"no usable images found ({manifest['skipped_count']} inputs skipped{example})"
+            )
+        _publish(staging, real, manifest)
+        seconds = time.perf_counter() - started
+        manifest_inputs = len(inputs) + len(scan_skips)
+        log(
+            f"sharded {manifest_inputs} inputs in {seconds:.1f} s "
+            f"({manifest_inputs / max(seconds, 1e-9):.0f} inputs/s, {workers} worker(s))"
+        )
+        return manifest
 
 
 def few_shards_warning(manifest: dict, readers: int) -> str | None:
@@ -394,34 +441,26 @@ def few_shards_warning(manifest: dict, readers: int) -> str | None:
 def ensure_shards(folder: Path, synthetic: SyntheticConfig | None, *, log=print) -> dict:
     """The manifest of `folder`. With `synthetic` set, a missing or empty folder first gets
     that synthetic dataset; a folder holding anything else is an error naming the key, so a
-    typo or a photo folder is never silently filled with (or trained as) synthetic data."""
+    typo or a photo folder is never silently filled with (or trained as) synthetic data.
+    A build by another process into `folder` is waited for, not duplicated."""
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise UserError(f"data.shards: {folder} is a file, not a folder")
     if synthetic is None:
+        if not folder.exists() and needs_recovery(Path(os.path.realpath(folder))):
+            _recover_unless_busy(folder, log)
         return read_manifest(folder)
     want = synthetic.model_dump()
     if not (folder / MANIFEST).is_file():
-        if folder.is_dir() and any(not p.name.startswith(".") for p in folder.iterdir()):
-            raise UserError(
-                f"data.shards: {folder} is not empty and has no manifest.json; refusing to "
-                "build synthetic data into it (use a new folder, or data.synthetic=null)"
-            )
-        what = f"{synthetic.count} scenes at {synthetic.size} px"
-        log(f"building synthetic dataset: {what} -> {folder}")
-        build_shards(
-            folder,
-            synthetic=synthetic.count,
-            synthetic_size=synthetic.size,
-            synthetic_seed=synthetic.seed,
-            size=synthetic.size,
-            shard_size=synthetic.shard_size,
-            test_fraction=synthetic.test_fraction,
-            seed=synthetic.seed,
-            workers=min(4, os.cpu_count() or 1),
-            overwrite=True,
-            log=log,
-        )
+
+        def waiting(holder: str) -> None:
+            log(f"waiting for {holder} to finish writing {folder}")
+
+        name = f"data.shards {folder}"
+        with folder_lock(folder, name=name, purpose="a shard build", wait=True, on_wait=waiting):
+            _recover(folder)
+            if not (folder / MANIFEST).is_file():  # still none: nobody built it meanwhile
+                _build_synthetic(folder, synthetic, log)
     manifest = read_manifest(folder)
     have = manifest.get("settings", {}).get("synthetic")
     if have != want:
@@ -435,3 +474,37 @@ def ensure_shards(folder: Path, synthetic: SyntheticConfig | None, *, log=print)
             "as it is, or point data.shards at a new folder"
         )
     return manifest
+
+
+def _build_synthetic(folder: Path, synthetic: SyntheticConfig, log) -> None:
+    """Build `synthetic` into `folder` (whose lock the caller holds) if it is empty."""
+    if folder.is_dir() and any(not p.name.startswith(".") for p in folder.iterdir()):
+        raise UserError(
+            f"data.shards: {folder} is not empty and has no manifest.json; refusing to "
+            "build synthetic data into it (use a new folder, or data.synthetic=null)"
+        )
+    log(f"building synthetic dataset: {synthetic.count} scenes at {synthetic.size} px -> {folder}")
+    build_shards(
+        folder,
+        synthetic=synthetic.count,
+        synthetic_size=synthetic.size,
+        synthetic_seed=synthetic.seed,
+        size=synthetic.size,
+        shard_size=synthetic.shard_size,
+        test_fraction=synthetic.test_fraction,
+        seed=synthetic.seed,
+        workers=min(4, os.cpu_count() or 1),
+        overwrite=True,
+        log=log,
+        lock=False,
+    )
+
+
+def _recover_unless_busy(folder: Path, log) -> None:
+    """Put back the set a killed publish left beside `folder`, unless a writer is at work
+    (it finishes its own publish)."""
+    try:
+        with folder_lock(folder, name=f"data.shards {folder}", purpose="a recovery", log=log):
+            _recover(folder)
+    except UserError:
+        pass
