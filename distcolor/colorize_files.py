@@ -4,14 +4,17 @@ Outputs mirror the inputs: a file goes to OUT/<its name>, a folder's files to
 OUT/<path inside the folder>. The format follows the input's (JPEG stays JPEG at quality
 95, PNG stays PNG, ...), PNG when the input's format cannot hold the result (alpha in a
 JPEG, a GIF's palette). Inputs are never overwritten and outputs only with `overwrite`;
-unreadable files are reported and skipped. Reading and writing run on threads (PIL
-releases the GIL while it decodes and encodes) while the network works on a batch.
+unreadable files and what is not a regular file (a FIFO, a device) are reported and
+skipped, and outputs that cannot be written are reported as failed. Reading and writing
+run on threads (PIL releases the GIL while it decodes and encodes) while the network
+works on a batch.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import stat
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -22,6 +25,7 @@ from PIL import Image
 
 from distcolor.errors import UserError
 from distcolor.inference import Colorizer
+from distcolor.paths import checked_stat, output_folder
 from distcolor.photos import IMAGE_SUFFIXES, Photo, Unreadable, read_photo
 
 KEEP_FORMAT = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".tif": "TIFF", ".tiff": "TIFF",
@@ -39,35 +43,54 @@ class Job:
 @dataclass
 class Summary:
     written: list[str] = field(default_factory=list)
-    skipped: dict[str, str] = field(default_factory=dict)  # input -> reason
+    skipped: dict[str, str] = field(default_factory=dict)  # input not read -> reason
+    failed: dict[str, str] = field(default_factory=dict)  # input whose output failed -> reason
     existing: list[str] = field(default_factory=list)  # outputs kept (no overwrite)
 
     def as_dict(self) -> dict:
         return {
             "written": len(self.written),
             "skipped": len(self.skipped),
+            "failed": len(self.failed),
             "existing": len(self.existing),
             "skipped_files": self.skipped,
+            "failed_files": self.failed,
             "outputs": self.written,
         }
+
+    def problem(self) -> str | None:
+        """One line on the inputs left without an output, or None when there are none."""
+        if not self.skipped and not self.failed:
+            return None
+        parts = []
+        if self.skipped:
+            source, reason = next(iter(self.skipped.items()))
+            parts.append(f"{len(self.skipped)} skipped (e.g. {source}: {reason})")
+        if self.failed:
+            reason = next(iter(self.failed.values()))  # names the output
+            parts.append(f"{len(self.failed)} not written (e.g. {reason})")
+        if not self.written and not self.existing:
+            return "nothing was coloured: " + "; ".join(parts)
+        total = len(self.written) + len(self.existing) + len(self.skipped) + len(self.failed)
+        return f"{len(self.skipped) + len(self.failed)} of {total} inputs have no output: " + (
+            "; ".join(parts)
+        )
 
 
 def plan_jobs(inputs: list[Path], out_dir: Path) -> list[Job]:
     """One Job per image file found; UserError for a missing input, an input that
-    nothing comes of, or two inputs that would write the same file."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UserError(f"--out: {out_dir} is a file, not a folder")
+    nothing comes of, an --out that cannot be written, or two inputs that would write the
+    same file. Inputs that are not regular files become jobs too: reading skips them."""
+    output_folder(out_dir, "--out")
     out = out_dir.resolve()
     jobs: list[Job] = []
     planned: set[tuple[Path, Path]] = set()
     for given in inputs:
-        if not given.exists():
-            raise UserError(f"input {given} does not exist")
-        if given.is_dir():
+        if stat.S_ISDIR(checked_stat(given, "input").st_mode):
             found = sorted(
                 p
                 for p in given.rglob("*")
-                if p.is_file()
+                if not p.is_dir()  # FIFOs and devices included: reported, never opened
                 and p.suffix.lower() in IMAGE_SUFFIXES
                 # an --out strictly inside the folder holds earlier outputs, not inputs
                 and (out == given.resolve() or out not in p.resolve().parents)
@@ -205,8 +228,8 @@ def _finish(write: tuple, summary: Summary, warn: Callable[[str], None]) -> None
     if problem is None:
         summary.written.append(str(path))
     else:
-        summary.skipped[str(job.source)] = problem
-        warn(f"skipped {job.source}: {problem}")
+        summary.failed[str(job.source)] = problem
+        warn(f"not written {job.source}: {problem}")
 
 
 def _read_ahead(pool: ThreadPoolExecutor, jobs: list[Job], batch_size: int) -> Iterator:

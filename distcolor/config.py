@@ -22,7 +22,8 @@ from pydantic import (
     model_validator,
 )
 
-from distcolor.errors import ConfigError
+from distcolor.errors import ConfigError, UserError
+from distcolor.paths import read_text_file
 from distcolor.sizes import smallest_patchgan_input, unet_multiple
 
 
@@ -433,10 +434,31 @@ def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
             raise ConfigError(f"override {item!r}: expected section.key=value")
         try:
             value = _yaml_load(raw) if raw else ""
-        except yaml.YAMLError:
+        except YAML_ERRORS:
             value = raw  # not YAML: keep the text, the schema decides if a string fits
         parsed.append((key, value))
     return parsed
+
+
+# What a malformed YAML text raises: a syntax error, a value its constructors reject (a
+# date such as 2020-13-45), or nesting deeper than Python's recursion limit.
+YAML_ERRORS = (yaml.YAMLError, ValueError, TypeError, RecursionError)
+
+
+def _yaml_problem(err: Exception) -> str:
+    mark = getattr(err, "problem_mark", None)
+    where = f" at line {mark.line + 1}" if mark is not None else ""
+    if isinstance(err, RecursionError):
+        return "nested too deeply"
+    return f"{err.__class__.__name__}{where}"
+
+
+def _read_config_file(path: Path) -> str:
+    """The config file's text; ConfigError for a missing, unreadable or non-text file."""
+    try:
+        return read_text_file(path, "--config")
+    except UserError as err:
+        raise ConfigError(str(err)) from None
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
@@ -444,12 +466,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     tree: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
+        text = _read_config_file(path)
         try:
-            loaded = _yaml_load(path.read_text())
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not valid YAML ({err.__class__.__name__})") from None
+            loaded = _yaml_load(text)
+        except YAML_ERRORS as err:
+            raise ConfigError(f"{path}: not valid YAML ({_yaml_problem(err)})") from None
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{path}: top level must be a mapping of sections")
         tree = loaded or {}

@@ -18,14 +18,18 @@ EXIF orientation is applied first, so a phone's portrait photo comes out upright
 
 from __future__ import annotations
 
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from distcolor.color import grayscale
 from distcolor.data.sources import Rejected, to_srgb
+from distcolor.paths import kind_of
 
 SIXTEEN_BIT = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
 WITH_ALPHA = {"LA", "La", "PA", "RGBA", "RGBa"}
@@ -49,10 +53,32 @@ class Unreadable(Exception):
     """A file `read_photo` cannot use; the message says why (one line)."""
 
 
+def open_regular(path: Path) -> BinaryIO:
+    """`path` opened for reading when it is a regular file, else Unreadable. A FIFO would
+    block open() until a writer comes and a device may never end, so neither is opened;
+    the kind is checked again on the open file, in case the path changed in between."""
+    try:
+        mode = os.stat(path).st_mode
+        if stat.S_ISREG(mode):
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # even a FIFO opens at once
+            try:
+                mode = os.fstat(fd).st_mode
+                if stat.S_ISREG(mode):
+                    os.set_blocking(fd, True)
+                    return os.fdopen(fd, "rb")
+            except OSError:
+                os.close(fd)
+                raise
+            os.close(fd)
+    except OSError as err:
+        raise Unreadable(f"cannot be opened ({err.strerror or err})") from None
+    raise Unreadable(f"not a regular file ({kind_of(mode)})")
+
+
 def read_photo(path: Path) -> Photo:
     """The photo in `path`, or Unreadable naming the reason."""
     try:
-        with Image.open(path) as image:
+        with open_regular(path) as file, Image.open(file) as image:
             image.load()
             return photo_of(image)
     except UnidentifiedImageError:

@@ -23,6 +23,7 @@ from distcolor.errors import UserError
 from distcolor.evaluation import METHODS, HeldOut
 from distcolor.figures import plot_losses
 from distcolor.inference import usable_device
+from distcolor.preflight import check_crop_size, stored_size
 from distcolor.tracking import sample_grid, save_png
 from distcolor.weights import load_generator
 
@@ -54,6 +55,7 @@ def write_report(
             f"2**depth = {trained.multiple} for this generator"
         )
     manifest = read_manifest(shards, key="--shards")
+    check_crop_size(size, stored_size(manifest), key="--image-size", shards=shards)
     test = shard_list(shards, manifest, "test")
     train = shard_list(shards, manifest, "train")
     if not test:

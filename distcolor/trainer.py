@@ -65,6 +65,7 @@ from distcolor.monitor import log_monitoring
 from distcolor.optim import set_learning_rates
 from distcolor.precision import DTYPES, Precision, resolve_precision
 from distcolor.preemption import StopRequest
+from distcolor.preflight import check_image_size, check_memory, check_resume_step, check_run_paths
 from distcolor.step import GANStep
 from distcolor.tracking import Tracker, sample_grid, trim_metrics
 
@@ -177,6 +178,7 @@ def train(
     batches: loader-format batches (uint8 `gray` and `rgb`, plus `worker`, `position`,
     `skipped`, `sources`) to train on instead of the shard stream (benchmarks).
     """
+    check_run_paths(cfg, resume)  # one line for a bad path, before the lock is taken
     with run_lock(cfg.run_dir):  # one trainer per run folder, before anything is written
         return _train(cfg, resume=resume, batches=batches)
 
@@ -193,6 +195,7 @@ def _train(cfg: Config, *, resume: bool | str | None, batches: Iterable[dict] | 
     rank, world = rank_and_world(accelerator)
     is_main = accelerator.is_main_process
     log = print if is_main else (lambda *_: None)
+    _check_resources(cfg, accelerator.device, world=world, backend=backend)
 
     manifest = _prepare_data(accelerator, cfg, log)
     folder = Path(cfg.data.shards)
@@ -209,10 +212,11 @@ def _train(cfg: Config, *, resume: bool | str | None, batches: Iterable[dict] | 
     start_step, positions = 0, LoaderState(cfg.data.num_workers)
     if resume == "auto" and not candidates:
         log(f"--resume auto: no checkpoint in {ckpt_dir} yet; starting the run")
-    resume = bool(candidates)
+    requeued, resume = resume == "auto", bool(candidates)
     if resume:
         state, ckpt_path = restore(candidates, models={}, log=log)
         _check_resumable(state, cfg, log, backend=backend, world=world)
+        check_resume_step(state, cfg, requeued=requeued, log=log)
         if backend == "ddp":  # DeepSpeed's engines load their own part once they exist
             load_parts(state, {"G": generator, "D": discriminator}, ckpt_path)
         _restore_rng(state, rank, world)
@@ -712,6 +716,13 @@ def _diverged_message(step: int, bad: int, ckpt_dir: Path) -> str:
         f"gradients and were skipped (train.max_bad_steps); {where}. Resume from it with a "
         "lower train.lr_g / train.lr_d, train.max_grad_norm, or train.mixed_precision=bf16"
     )
+
+
+def _check_resources(cfg: Config, device: torch.device, *, world: int, backend: str) -> None:
+    """Before data is built or a weight allocated: data.image_size within reach of the
+    shards, and one step's memory within what the device has (one line otherwise)."""
+    check_image_size(cfg)
+    check_memory(cfg, device, world=world, backend=backend)
 
 
 def _check_resumable(state: dict, cfg: Config, log, *, backend: str, world: int) -> None:

@@ -18,6 +18,7 @@ import email.parser
 import os
 import re
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -40,6 +41,7 @@ from packaging.utils import (
 from packaging.version import InvalidVersion, Version
 
 from distcolor.errors import UserError
+from distcolor.paths import kind_of
 
 ROOT = Path(__file__).resolve().parents[1]
 PYPROJECT = ROOT / "pyproject.toml"
@@ -228,6 +230,9 @@ def _have_line(line: str) -> tuple[str | None, str | None]:
 
 def read_have(path: Path) -> dict[str, str | None]:
     try:
+        mode = os.stat(path).st_mode
+        if not stat.S_ISREG(mode):  # a FIFO would block the read
+            raise UserError(f"cannot read the have-list {path}: it is {kind_of(mode)}")
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
         reason = getattr(err, "strerror", None) or type(err).__name__

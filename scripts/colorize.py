@@ -4,22 +4,35 @@ CKPT: a run folder (its newest checkpoint), a checkpoint folder (DDP or DeepSpee
 export (folder or .safetensors). INPUT: image files or folders (searched recursively), any
 size, shape and mode (gray, RGB treated as gray, palette, 16-bit, alpha kept, CMYK, EXIF
 rotation). Each output has its input's size and lightness; only the colour is new. The
-last stdout line is one JSON object: written, skipped, existing, images_per_s, ...
+last stdout line is one JSON object: written, skipped, failed, existing, images_per_s, ...
+
+Exit status: 0 when every input has its output (written now, or kept from before without
+--overwrite); 1 when some have none: inputs skipped (unreadable, or not a regular file:
+a FIFO or a device is never opened) or outputs that could not be written, each named on
+its own line and counted on stderr's last line; 2 when nothing was started: a mistake in
+the arguments (a missing input, a --checkpoint that is not one, an --out that cannot be
+written, no image files), one `error:` line.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 import warnings
 from pathlib import Path
 
 from distcolor.cli import run_main
+from distcolor.paths import existing_path, make_folder
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n")[-1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="files or folders")
     parser.add_argument(
         "--checkpoint", required=True, type=Path, help="run, checkpoint or export folder, or file"
@@ -51,14 +64,12 @@ def main() -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
     from distcolor.colorize_files import colorize_files, plan_jobs
-    from distcolor.errors import UserError
     from distcolor.inference import Colorizer
+    from distcolor.preflight import check_render_memory
 
-    jobs = plan_jobs(args.inputs, args.out)  # before loading anything: mistakes show fast
-    try:
-        args.out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise UserError(f"--out: cannot create {args.out}: {err.strerror or err}") from None
+    existing_path(args.checkpoint, "--checkpoint")  # before loading anything: mistakes show fast
+    jobs = plan_jobs(args.inputs, args.out)
+    make_folder(args.out, "--out")
     # Large scans are what this is for: PIL's decompression-bomb *warning* (89 to 179 MP)
     # is silenced once here; beyond that PIL refuses and the file is skipped.
     warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -68,6 +79,10 @@ def main() -> None:
         render_size=args.render_size,
         device=args.device,
         saturation=args.saturation,
+    )
+    batch = min(args.batch_size, len(jobs))  # the largest batch the network will see
+    check_render_memory(
+        colorizer.generator, batch=batch, side=colorizer.render_size, device=colorizer.device
     )
     start = time.perf_counter()
     progress = Progress("[bold]colorize", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
@@ -94,10 +109,15 @@ def main() -> None:
     print(
         f"coloured {result['written']} image(s) into {args.out} at {result['images_per_s']:.1f}/s"
         f" (network at {colorizer.render_size} px on {colorizer.device}); skipped "
-        f"{result['skipped']} unreadable, kept {result['existing']} existing output(s)"
+        f"{result['skipped']} unreadable or not regular file(s), {result['failed']} output(s) "
+        f"not written, kept {result['existing']} existing output(s)"
         + ("" if not result["existing"] else " (--overwrite replaces them)")
     )
     print(json.dumps(result))
+    problem = summary.problem()
+    if problem:  # status 1: some inputs have no output (each was named above)
+        print(f"error: {problem}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

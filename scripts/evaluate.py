@@ -16,6 +16,7 @@ import json
 from pathlib import Path
 
 from distcolor.cli import run_main
+from distcolor.paths import existing_path, input_folder, output_folder
 
 
 def main() -> None:
@@ -44,6 +45,9 @@ def main() -> None:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.grid < 0 or args.workers < 0:
         parser.error("--grid and --workers must be >= 0")
+    existing_path(args.checkpoint, "--checkpoint")
+    input_folder(args.shards, "--shards")
+    output_folder(args.out, "--out")
 
     from distcolor.report import summary_lines, write_report
 

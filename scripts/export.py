@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 
 from distcolor.cli import run_main
+from distcolor.paths import existing_path, output_folder
 
 
 def main() -> None:
@@ -30,6 +31,8 @@ def main() -> None:
     )
     parser.add_argument("--overwrite", action="store_true", help="replace existing exports")
     args = parser.parse_args()
+    existing_path(args.checkpoint, "--checkpoint")
+    output_folder(args.out, "--out")
     from distcolor.export import export_generator  # torch only once the arguments are fine
 
     result = export_generator(

@@ -16,6 +16,7 @@ from distcolor.cli import run_main
 from distcolor.data.shards import build_shards, few_shards_warning
 from distcolor.data.sources import DEFAULT_MIN_COLORFULNESS
 from distcolor.errors import UserError
+from distcolor.paths import input_folder, output_folder
 
 
 def _source(text: str) -> tuple[str, Path]:
@@ -73,6 +74,9 @@ def main() -> None:
     ]:
         if not ok:
             raise UserError(f"{flag}: invalid value {value}")
+    output_folder(a.out, "--out")
+    for name, root in a.source:
+        input_folder(root, f"--source {name}={root}")
     manifest = build_shards(
         a.out,
         folders=a.source,

@@ -24,6 +24,7 @@ import json
 from pathlib import Path
 
 from distcolor.errors import run_main
+from distcolor.paths import output_folder
 
 
 def main() -> None:
@@ -67,6 +68,7 @@ def main() -> None:
     )
     parser.add_argument("--no-self", action="store_true", help="leave distcolor's own wheel out")
     args = parser.parse_args()
+    output_folder(args.out, "--out")  # before the index is asked anything
     extras = [e.strip() for chunk in args.extras for e in chunk.split(",") if e.strip()]
     house = wh.build_wheelhouse(
         args.out,

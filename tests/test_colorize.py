@@ -375,7 +375,8 @@ def test_cli_colours_folders_recursively_skips_junk_and_keeps_inputs(run, tmp_pa
     before = {p: p.read_bytes() for p in photos.rglob("*") if p.is_file()}
     out = tmp_path / "coloured"
     proc = colorize_cli("--checkpoint", run_dir, photos, "--out", out, "--side-by-side")
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == 1, proc.stderr  # 1: an input (broken.jpg) has no output
+    assert proc.stderr.strip().startswith("error: 1 of 4 inputs have no output: 1 skipped")
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["written"] == 3 and result["skipped"] == 1
     assert "broken.jpg" in proc.stdout and "Traceback" not in proc.stdout + proc.stderr
@@ -386,7 +387,7 @@ def test_cli_colours_folders_recursively_skips_junk_and_keeps_inputs(run, tmp_pa
     # Again: existing outputs are kept, not recomputed or replaced.
     stamp = (out / "a.jpg").stat().st_mtime_ns
     proc = colorize_cli("--checkpoint", run_dir, photos, "--out", out)
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == 1, proc.stderr
     assert json.loads(proc.stdout.strip().splitlines()[-1])["existing"] == 3
     assert (out / "a.jpg").stat().st_mtime_ns == stamp
 
@@ -490,7 +491,8 @@ def test_unwritable_outputs_are_skipped_and_a_bad_device_is_one_line(run, tmp_pa
     messages = []
     summary = colorize_files(colorizer, jobs, warn=messages.append)
     assert summary.written == [str(tmp_path / "out" / "b.png")]
-    assert "a.png" in next(iter(summary.skipped)) and "cannot write" in messages[0]
+    assert "a.png" in next(iter(summary.failed)) and "cannot write" in messages[0]
+    assert not summary.skipped and summary.problem().startswith("1 of 2 inputs have no output")
     run_dir, _ = run
     proc = colorize_cli("--checkpoint", run_dir, tmp_path / "in", "--out", tmp_path / "o2",
                         "--device", "gpu")  # fmt: skip

@@ -78,7 +78,7 @@ def test_bad_values_name_the_key(override, expected):
 
 
 def test_bad_file(tmp_path):
-    with pytest.raises(ConfigError, match="config file not found"):
+    with pytest.raises(ConfigError, match="--config: .*nope.yaml does not exist"):
         load_config(tmp_path / "nope.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text("- just\n- a list\n")
