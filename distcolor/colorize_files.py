@@ -87,6 +87,8 @@ def plan_jobs(inputs: list[Path], out_dir: Path) -> list[Job]:
     planned: set[tuple[Path, Path]] = set()
     for given in inputs:
         if stat.S_ISDIR(checked_stat(given, "input").st_mode):
+            if not os.access(given, os.R_OK | os.X_OK):  # rglob would find nothing, silently
+                raise UserError(f"input {given} cannot be read: permission denied")
             found = sorted(
                 p
                 for p in given.rglob("*")

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from distcolor.config import Config
 from distcolor.errors import UserError
+from distcolor.paths import read_text_file
 
 AUTO = "auto"
 # What a run gets when neither the config nor `accelerate launch` names a DeepSpeed file.
@@ -38,12 +39,14 @@ def _find(path: str) -> Path:
 
 
 def _read_json(path: str) -> dict:
+    text = read_text_file(_find(path), "deepspeed.config")  # a FIFO, binary: one line
     try:
-        return json.loads(_find(path).read_text())
-    except FileNotFoundError:
-        raise UserError(f"deepspeed.config: {path} does not exist") from None
-    except (OSError, json.JSONDecodeError) as err:
+        tree = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as err:
         raise UserError(f"deepspeed.config: {path} is not a readable JSON file ({err})") from None
+    if not isinstance(tree, dict):
+        raise UserError(f"deepspeed.config: {path} is not a JSON object of settings")
+    return tree
 
 
 def _file_precision(ds: dict, source: str) -> str | None:

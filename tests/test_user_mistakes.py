@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import resource
 import socket
 import subprocess
@@ -347,6 +348,10 @@ def test_folders_without_permission_are_one_line(tmp_path):
     locked.chmod(0)
     with pytest.raises(UserError, match="cannot be read: permission denied"):
         input_folder(locked, "data.shards")
+    from distcolor.colorize_files import plan_jobs
+
+    with pytest.raises(UserError, match="^input .*locked cannot be read: permission denied"):
+        plan_jobs([locked], tmp_path / "coloured")
 
 
 def test_permission_messages(tmp_path, monkeypatch):
@@ -356,3 +361,30 @@ def test_permission_messages(tmp_path, monkeypatch):
         output_folder(tmp_path / "r", "run.out_dir")
     with pytest.raises(UserError, match="^data.shards: .* cannot be read: permission denied$"):
         input_folder(tmp_path, "data.shards")
+
+
+@pytest.mark.parametrize(
+    "kind, message",
+    [
+        ("fifo", "is a FIFO (named pipe), not a file"),
+        ("binary", "is a binary file, not text"),
+        ("list", "is not a JSON object of settings"),
+        ("deep", "is not a readable JSON file"),
+        ("folder", "is a folder, not a file"),
+    ],
+)
+def test_a_deepspeed_config_that_is_not_one_is_one_line(tmp_path, kind, message):
+    from distcolor.config import load_config
+    from distcolor.deepspeed_config import deepspeed_config
+
+    path = tmp_path / "ds.json"
+    if kind == "fifo":
+        os.mkfifo(path)  # read, it would block for ever
+    elif kind == "folder":
+        path.mkdir()
+    else:
+        data = {"binary": b"\0\1\2", "list": b"[1, 2]", "deep": b"[" * 100_000}[kind]
+        path.write_bytes(data)
+    cfg = load_config(None, [f"deepspeed.config={path}"])
+    with pytest.raises(UserError, match=f"^deepspeed.config: .*{re.escape(message)}"):
+        deepspeed_config(cfg, world=2, precision=None)
