@@ -121,10 +121,26 @@ def load_checkpoint(path: Path) -> dict:
     if path.is_dir() and not is_complete(path):
         raise UserError(f"checkpoint {path} is incomplete (no {MARKER} marker)")
     file = path / STATE if path.is_dir() else path
+    if not file.is_file():  # a folder, a FIFO (would block), a device, nothing
+        what = "is not a regular file" if file.exists() else "does not exist"
+        raise UserError(f"checkpoint {path} cannot be read: {file} {what}")
     try:
         return torch.load(file, map_location="cpu", weights_only=True)
     except Exception as err:  # a damaged file can fail anywhere in the unpickler
-        raise UserError(f"checkpoint {path} cannot be read: {first_line(err)}") from None
+        raise UserError(f"checkpoint {path} cannot be read: {load_failure(err)}") from None
+
+
+def load_failure(err: BaseException) -> str:
+    """Why a weights-only load failed, in one line. torch's refusal of a file holding
+    Python objects advises retrying with weights_only=False, which would run whatever
+    code the file carries: that advice is never passed on."""
+    if "weights_only" in str(err) or "Weights only" in str(err):
+        return (
+            "it is not a distcolor checkpoint (it holds Python objects besides tensors: it was "
+            "written by something else, or altered), so it was not loaded; do not load it with "
+            "weights_only=False unless you trust its origin, as that runs any code it carries"
+        )
+    return " ".join(first_line(err).split())[:300]
 
 
 def load_parts(state: dict, parts: dict, path: Path) -> None:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from distcolor.checkpoint import load_failure
 from distcolor.deepspeed_step import DS_TAG, import_deepspeed
 from distcolor.errors import UserError, first_line
 
@@ -77,12 +78,12 @@ def _deepspeed_safe_globals() -> list:
 def consolidated_state(folder: Path, name: str = "G") -> dict[str, torch.Tensor]:
     """Network `name`'s whole fp32 state dict from a DeepSpeed step folder (any stage),
     buffers included, on the CPU, without a process group; read weights-only."""
+    path = Path(folder) / name
+    if not (path / DS_TAG).is_dir():  # before importing DeepSpeed: that takes seconds
+        raise UserError(f"checkpoint {folder} has no DeepSpeed {name} engine folder ({path})")
     import_deepspeed()
     from deepspeed.utils import zero_to_fp32
 
-    path = Path(folder) / name
-    if not (path / DS_TAG).is_dir():
-        raise UserError(f"checkpoint {folder} has no DeepSpeed {name} engine folder ({path})")
     quiet = logging.getLogger("DeepSpeed")
     level = quiet.level
     quiet.setLevel(logging.WARNING)  # it logs a line per shard it reads
@@ -96,7 +97,7 @@ def consolidated_state(folder: Path, name: str = "G") -> dict[str, torch.Tensor]
         ):
             state = zero_to_fp32.get_fp32_state_dict_from_zero_checkpoint(str(path), tag=DS_TAG)
     except Exception as err:  # a damaged shard can fail anywhere in DeepSpeed's reader
-        raise UserError(f"checkpoint {path} cannot be consolidated: {first_line(err)}") from None
+        raise UserError(f"checkpoint {path} cannot be consolidated: {load_failure(err)}") from None
     finally:
         zero_to_fp32.torch = torch
         quiet.setLevel(level)

@@ -21,12 +21,13 @@ loading an export cannot run code, unlike a pickle.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from pydantic import ValidationError
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
@@ -38,10 +39,20 @@ from distcolor.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
 )
-from distcolor.config import ModelConfig, config_from_dict
+from distcolor.config import ModelConfig
 from distcolor.deepspeed_checkpoint import consolidated_state, is_deepspeed_checkpoint
 from distcolor.errors import UserError, first_line
-from distcolor.models.build import build_generator
+from distcolor.model_checks import (
+    StoredConfig,
+    TensorSpec,
+    built_generator,
+    check_specs,
+    checked_step,
+    checkpoint_config,
+    expected_tensors,
+    export_model,
+    refuse,
+)
 from distcolor.models.unet import UNetGenerator
 
 DENSE, COMPACT, CONFIG = "generator.safetensors", "generator.compact.safetensors", "config.json"
@@ -132,6 +143,8 @@ def resolve_checkpoint(path: Path) -> Path:
         if path.parent.name.startswith("step-") and not is_complete(path.parent):
             raise UserError(f"checkpoint {path.parent} is incomplete (no {MARKER} marker)")
         return path
+    if not path.is_dir():  # a FIFO or a device: reading it could block for ever
+        raise UserError(f"checkpoint {path} is neither a folder nor a regular file")
     if is_complete(path):
         return path
     if (path / STATE).exists():
@@ -145,11 +158,10 @@ def resolve_checkpoint(path: Path) -> Path:
     raise UserError(f"checkpoint {path} is not a checkpoint folder, a {STATE} or a run folder")
 
 
-def select_weights(
-    state: dict, weights: str, source: Path
-) -> tuple[dict[str, torch.Tensor], str, str | None]:
-    """The generator state dict to export, "ema" or "live", and a note on a fallback.
-    (A DeepSpeed checkpoint's live G is in its shards: only the chosen one must be here.)"""
+def select_weights(state: dict, weights: str, source: Path) -> tuple[object, str, str | None]:
+    """The generator state dict to export, "ema" or "live", as stored (`model_checks`
+    checks it), and a note on a fallback. (A DeepSpeed checkpoint's live G is in its
+    shards: only the chosen one must be here.)"""
     if not isinstance(state, dict):
         raise UserError(f"checkpoint {source} is not a distcolor training checkpoint (no 'G')")
     used, note = weights, None
@@ -158,38 +170,37 @@ def select_weights(
     chosen = state.get("G_ema" if used == "ema" else "G")
     if not isinstance(chosen, dict):
         raise UserError(f"checkpoint {source} is not a distcolor training checkpoint (no 'G')")
-    if not all(isinstance(t, torch.Tensor) for t in chosen.values()):
-        raise UserError(f"checkpoint {source}: its {used} generator holds non-tensor entries")
-    return {name: t.detach().cpu().contiguous() for name, t in chosen.items()}, used, note
+    return chosen, used, note
 
 
-def model_config_of(state: dict, source: Path) -> ModelConfig:
-    """The run's model config; only the model section if the whole run config no longer
-    validates (a checkpoint from an older distcolor whose other settings changed)."""
-    tree = state.get("config")
-    if not isinstance(tree, dict):
-        raise UserError(f"checkpoint {source} holds no run config")
-    try:
-        return config_from_dict(tree).model
-    except UserError as err:
-        if not isinstance(tree.get("model"), dict):
-            raise UserError(f"checkpoint {source}: its config is not valid ({err})") from None
-        try:
-            return ModelConfig.model_validate(tree["model"])
-        except ValidationError:
-            raise UserError(f"checkpoint {source}: its config is not valid ({err})") from None
+@dataclass
+class CheckpointGenerator:
+    """A checkpoint's generator and what the checkpoint says about it, all checked."""
+
+    generator: UNetGenerator
+    tensors: dict[str, torch.Tensor]  # the generator's own, as exported
+    state: dict  # the whole checkpoint
+    source: Path  # the checkpoint folder or file used
+    stored: StoredConfig
+    step: int
+    weights: str  # "ema" or "live"
+    note: str | None  # why the weights asked for were not used
 
 
-def fitted_generator(model_cfg: ModelConfig, weights: dict, source: object) -> UNetGenerator:
-    """The generator of `model_cfg` holding `weights` (strictly: every name and shape)."""
-    with torch.random.fork_rng(devices=[]):  # building draws initial weights: no side effect
-        generator = build_generator(model_cfg)
-    try:
-        generator.load_state_dict(weights)
-    except RuntimeError as err:
-        reason = " ".join(str(err).split())[:300]
-        raise UserError(f"{source}: the weights do not fit their model config ({reason})") from None
-    return generator
+def checkpoint_generator(path: Path, weights: str) -> CheckpointGenerator:
+    """The generator of a checkpoint (`resolve_checkpoint` decides which), its stored config
+    and tensors checked (`model_checks`) before anything is consolidated or built."""
+    source = resolve_checkpoint(path)
+    state = load_checkpoint(source)
+    where = f"checkpoint {source}"
+    stored = checkpoint_config(state, where)
+    step = checked_step(state.get("step", 0), where)
+    if is_deepspeed_checkpoint(state) and (weights == "live" or state.get("G_ema") is None):
+        folder = source if source.is_dir() else source.parent
+        state["G"] = consolidated_state(folder, "G")  # the live weights live in the shards
+    chosen, used, note = select_weights(state, weights, source)
+    generator, tensors = built_generator(stored.model, chosen, where)
+    return CheckpointGenerator(generator, tensors, state, source, stored, step, used, note)
 
 
 def _prune_info(prune: object) -> tuple[int | None, dict[str, torch.Tensor] | None]:
@@ -198,7 +209,10 @@ def _prune_info(prune: object) -> tuple[int | None, dict[str, torch.Tensor] | No
     if not isinstance(prune, dict):
         return None, None
     rounds = prune.get("round")
-    rounds = int(rounds) if isinstance(rounds, int | torch.Tensor) else None
+    try:
+        rounds = checked_step(rounds, "prune.round") if rounds is not None else None
+    except UserError:  # only reported: a damaged count is not worth refusing the file
+        rounds = None
     masks = prune.get("masks")
     masks = masks.get("G") if isinstance(masks, dict) else None
     return rounds, (masks if isinstance(masks, dict) and masks else None)
@@ -281,14 +295,10 @@ def export_generator(
     out_dir = Path(out_dir)
     files = [out_dir / DENSE, out_dir / COMPACT, out_dir / CONFIG]
     _check_outputs(out_dir, files, overwrite=overwrite)  # before the slow part
-    source = resolve_checkpoint(checkpoint)
-    state = load_checkpoint(source)
-    if is_deepspeed_checkpoint(state):  # the live weights are in the engine's shards
-        state["G"] = consolidated_state(source if source.is_dir() else source.parent, "G")
-    generator_state, used, note = select_weights(state, weights, source)
-    model_cfg = model_config_of(state, source)
-    generator = fitted_generator(model_cfg, generator_state, f"checkpoint {source}")
-    rounds, masks = _prune_info(state.get("prune"))
+    loaded = checkpoint_generator(checkpoint, weights)
+    generator, generator_state, source = loaded.generator, loaded.tensors, loaded.source
+    step, used, note = loaded.step, loaded.weights, loaded.note
+    rounds, masks = _prune_info(loaded.state.get("prune"))
     if masks is not None:
         _check_masks(generator_state, masks, source)
 
@@ -300,8 +310,7 @@ def export_generator(
     ]
     conv_total, conv_zeros, _ = _zero_counts([generator_state[n] for n in conv])
     total, zeros, negative = _zero_counts([generator_state[n] for n in params])
-    step = int(state.get("step", 0))
-    model_json = model_cfg.model_dump_json()
+    model_json = loaded.stored.model.model_dump_json()
     meta = {"format": FORMAT, "model": model_json, "step": str(step), "weights": used}
     compact, encoded = compact_tensors(generator_state)
     compact_meta = {**meta, "encoded": json.dumps(encoded), "bit_order": "little"}
@@ -346,40 +355,132 @@ def export_generator(
 # --- reading an export ----------------------------------------------------------------
 
 
-def load_compact(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """The dense state dict and the metadata (strings) of an exported file, either form."""
+# safetensors' dtype names (its header) -> torch's; any other cannot be a generator's.
+_HEADER_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+_DTYPE_NAMES = {str(dtype).removeprefix("torch."): dtype for dtype in _HEADER_DTYPES.values()}
+
+
+def _header_specs(f, path: Path) -> dict[str, TensorSpec]:
+    """Every stored tensor's shape and dtype, from the header alone (nothing read yet)."""
+    specs = {}
+    for name in f.keys():  # noqa: SIM118 (a safetensors handle, not a dict)
+        part = f.get_slice(name)
+        dtype = _HEADER_DTYPES.get(part.get_dtype())
+        if dtype is None:
+            raise refuse(path, f"tensor {name!r} has dtype {part.get_dtype()}, never a generator's")
+        specs[name] = TensorSpec(tuple(part.get_shape()), dtype)
+    return specs
+
+
+def _encoding(meta: dict[str, str], path: Path) -> dict[str, TensorSpec]:
+    """The `encoded` metadata (each compact tensor's dense shape and dtype), well formed."""
+    try:
+        info = json.loads(meta.get("encoded", "{}"))
+    except (ValueError, RecursionError):
+        raise refuse(
+            path, "damaged compact encoding (its `encoded` metadata is not JSON)"
+        ) from None
+    if not isinstance(info, dict):
+        raise refuse(path, "damaged compact encoding (`encoded` is not an object)")
+    specs = {}
+    for name, entry in info.items():
+        shape = entry.get("shape") if isinstance(entry, dict) else None
+        dtype = _DTYPE_NAMES.get(entry.get("dtype")) if isinstance(entry, dict) else None
+        if (
+            not isinstance(shape, list)
+            or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape)
+            or dtype is None
+        ):
+            raise refuse(path, f"damaged compact encoding (entry {name!r} is {entry!r})")
+        specs[name] = TensorSpec(tuple(shape), dtype)
+    return specs
+
+
+def _decoded_specs(
+    header: dict[str, TensorSpec], encoded: dict[str, TensorSpec], path: Path
+) -> dict[str, TensorSpec]:
+    """What the file's tensors are once decoded, from its header: an encoded tensor needs
+    1-D values of its dtype, no more than its entries, and a uint8 bitmap of a bit each."""
+    parts = {name + suffix for name in encoded for suffix in (_VALUES, _BITMAP)}
+    specs = {name: spec for name, spec in header.items() if name not in parts}
+    for name, dense in encoded.items():
+        values, bitmap = header.get(name + _VALUES), header.get(name + _BITMAP)
+        count = math.prod(dense.shape)
+        if name in specs or values is None or bitmap is None:
+            raise refuse(path, f"damaged compact encoding ({name}: not stored as values + bitmap)")
+        if values.dtype != dense.dtype or len(values.shape) != 1 or values.shape[0] > count:
+            raise refuse(
+                path, f"damaged compact encoding ({name}: values {values} for a {dense} tensor)"
+            )
+        if bitmap != TensorSpec(((count + 7) // 8,), torch.uint8):
+            raise refuse(
+                path, f"damaged compact encoding ({name}: a bitmap {bitmap} for {count} entries)"
+            )
+        specs[name] = dense
+    return specs
+
+
+def _read_export(
+    path: Path, *, with_model: bool
+) -> tuple[dict[str, torch.Tensor], dict[str, str], ModelConfig | None]:
+    """The dense tensors, metadata and (with_model) checked model config of an exported
+    file. Everything the header claims is checked before a tensor is read; with_model,
+    the tensors must also be exactly those of the generator the model config describes."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"{path} does not exist" if not path.exists() else f"{path} is not a file")
+        what = "is not a regular file" if path.exists() else "does not exist"
+        raise UserError(f"{path} {what}")
+    model = None
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = dict(f.metadata() or {})
+            found = meta.get("format")
+            if found != FORMAT:
+                raise refuse(path, f"not a {FORMAT} export (its format is {found!r})")
+            encoded = _encoding(meta, path)
+            specs = _decoded_specs(_header_specs(f, path), encoded, path)
+            if with_model:
+                model = export_model(meta.get("model"), path)
+                check_specs(specs, expected_tensors(model), path)
             tensors = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118
     except (SafetensorError, OSError, ValueError, RuntimeError) as err:
-        raise UserError(f"{path}: not a readable safetensors file ({first_line(err)})") from None
-    found = meta.get("format")
-    if found != FORMAT:
-        raise UserError(f"{path}: not a {FORMAT} export (its format is {found!r})")
+        raise refuse(path, f"not a readable safetensors file ({first_line(err)})") from None
+    plain = {
+        name: {"shape": list(s.shape), "dtype": str(s.dtype)[6:]} for name, s in encoded.items()
+    }
     try:
-        return expand_tensors(tensors, json.loads(meta.get("encoded", "{}"))), meta
+        return expand_tensors(tensors, plain), meta, model
     except (ValueError, KeyError, TypeError) as err:
-        raise UserError(f"{path}: damaged compact encoding ({first_line(err)})") from None
+        raise refuse(path, f"damaged compact encoding ({first_line(err)})") from None
+
+
+def load_compact(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The dense state dict and the metadata (strings) of an exported file, either form."""
+    state, meta, _ = _read_export(path, with_model=False)
+    return state, meta
 
 
 def load_exported(path: Path) -> UNetGenerator:
     """The generator from an export folder (its dense file, else its compact one) or
-    either exported file, built from the embedded config, weights loaded strictly, in
-    eval mode."""
+    either exported file, built from the embedded config once every claim of the file is
+    checked (`model_checks`), in eval mode."""
     path = Path(path)
     if path.is_dir():
         found = [path / name for name in (DENSE, COMPACT) if (path / name).is_file()]
         if not found:
             raise UserError(f"{path} holds neither {DENSE} nor {COMPACT}")
         path = found[0]
-    state, meta = load_compact(path)
-    try:
-        model_cfg = ModelConfig.model_validate_json(meta.get("model", ""))
-    except ValidationError as err:
-        reason = first_line(err)
-        raise UserError(f"{path}: its model config is missing or not valid ({reason})") from None
-    return fitted_generator(model_cfg, state, path).eval()
+    state, _, model = _read_export(path, with_model=True)
+    generator, _ = built_generator(model, state, path)
+    return generator.eval()

@@ -2,7 +2,9 @@
 or DeepSpeed), or an export. Shared by `evaluate` and `colorize`.
 
 Nothing here unpickles arbitrary objects: checkpoints are read with
-`torch.load(weights_only=True)` (DeepSpeed's shards too), exports are safetensors.
+`torch.load(weights_only=True)` (DeepSpeed's shards too), exports are safetensors. What a
+file claims (its config, its tensors' shapes) is checked before the generator is built
+(distcolor/model_checks.py).
 """
 
 from __future__ import annotations
@@ -10,19 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from distcolor.checkpoint import load_checkpoint
-from distcolor.deepspeed_checkpoint import consolidated_state, is_deepspeed_checkpoint
 from distcolor.errors import UserError
-from distcolor.export import (
-    COMPACT,
-    DENSE,
-    WEIGHTS,
-    fitted_generator,
-    load_exported,
-    model_config_of,
-    resolve_checkpoint,
-    select_weights,
-)
+from distcolor.export import COMPACT, DENSE, WEIGHTS, checkpoint_generator, load_exported
 from distcolor.models.unet import UNetGenerator
 from distcolor.sizes import unet_multiple
 
@@ -62,6 +53,8 @@ def load_generator(path: Path, *, weights: str = "ema") -> TrainedGenerator:
     path = Path(path)
     if not path.exists():
         raise UserError(f"--checkpoint: {path} does not exist")
+    if not path.is_dir() and not path.is_file():  # a FIFO or a device would block or never end
+        raise UserError(f"--checkpoint: {path} is neither a folder nor a regular file")
     if is_export(path):
         generator = load_exported(path)
         folder = path if path.is_dir() else path.parent
@@ -74,24 +67,16 @@ def load_generator(path: Path, *, weights: str = "ema") -> TrainedGenerator:
             run_dir=None,
             note=f"{folder} is an export: no training size or logs; rendering at 2**depth",
         )
-    source = resolve_checkpoint(path)
-    state = load_checkpoint(source)
-    folder = source if source.is_dir() else source.parent
-    if is_deepspeed_checkpoint(state) and (weights == "live" or state.get("G_ema") is None):
-        state["G"] = consolidated_state(folder, "G")  # the live weights live in the shards
-    chosen, used, note = select_weights(state, weights, source)
-    model_cfg = model_config_of(state, source)
-    generator = fitted_generator(model_cfg, chosen, f"checkpoint {source}").eval()
-    config = state.get("config") if isinstance(state.get("config"), dict) else {}
-    data, train = config.get("data") or {}, config.get("train") or {}
+    loaded = checkpoint_generator(path, weights)
+    folder = loaded.source if loaded.source.is_dir() else loaded.source.parent
     run_dir = folder.parent.parent if folder.parent.name == "checkpoints" else None
     return TrainedGenerator(
-        generator=generator,
-        source=source,
-        weights=used,
-        step=int(state.get("step", 0)),
-        image_size=int(data.get("image_size") or unet_multiple(generator.depth)),
+        generator=loaded.generator.eval(),
+        source=loaded.source,
+        weights=loaded.weights,
+        step=loaded.step,
+        image_size=loaded.stored.image_size,
         run_dir=run_dir,
-        l1_weight=float(train.get("l1_weight", 100.0)),
-        note=note,
+        l1_weight=loaded.stored.l1_weight,
+        note=loaded.note,
     )
