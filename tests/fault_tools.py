@@ -568,12 +568,13 @@ def _record(path: Path) -> dict:
 
 
 def injected(ctx: FaultContext, family: Family, name: str, inject: list, *,
-             expect: str, rank: int = 0, resume: bool = True) -> Case:  # fmt: skip
+             expect: str, rank: int = 0, resume: bool = True, **more) -> Case:  # fmt: skip
     """A fault of tests/fault_inject.py in rank `rank` of a run of `family`.
 
     expect: "kill" (the process is killed: any non-zero exit), "error" (an unknown error:
     non-zero, the injected message shown), "enospc" (a known kind: non-zero, one `error:`
-    line about the disk, no traceback)."""
+    line about the disk, no traceback), "peer" (another rank hung: non-zero, an `error:`
+    line). `more`: config overrides of the faulty run only (the resume uses the family's)."""
     case = Case(name, "inject" if family.nproc == 1 else "ranks")
     run = ctx.fresh_run(case)
     logs = ctx.case_logs(case, fresh=True)
@@ -581,8 +582,9 @@ def injected(ctx: FaultContext, family: Family, name: str, inject: list, *,
     ckpts = ctx.run_dir(run) / "checkpoints"
     opts = ["--rank", rank, "--record", record, "--ckpts", ckpts, *inject]
     watcher = CheckpointWatcher(ckpts)
-    proc = Proc("fault", ctx.train_argv(family, ctx.overrides(family, run), opts), logs=logs)
-    if not proc.wait_file(record, timeout=300):
+    argv = ctx.train_argv(family, ctx.overrides(family, run, **more), opts)
+    proc = Proc("fault", argv, logs=logs)
+    if not proc.wait_file(record, record.with_name("fault.rank1.json"), timeout=300):
         watcher.stop()
         proc.finish(bound=1)
         case.problems.append(f"the fault never happened (rc {proc.rc}): {proc.err[-500:]}")
@@ -604,6 +606,10 @@ def injected(ctx: FaultContext, family: Family, name: str, inject: list, *,
             f"no `error:` line names the full disk: {own_lines(err)[-1:]}",
         )
         case.check("Traceback" not in err, "a traceback for a full disk")
+    if expect == "peer":
+        case.check(
+            bool(error_lines(err)), f"no `error:` line for the silent rank: {own_lines(err)[-2:]}"
+        )
     before = {**seen, **fault.get("complete", {})}
     # A checkpoint the fault itself interrupted was never complete; one seen complete
     # (before or after the fault) must stay intact.
