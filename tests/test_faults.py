@@ -4,9 +4,9 @@ competing writers. Nothing is mocked: runs are launched as a user or a cluster w
 and after every fault no process of the run may be left (tests/fault_tools.py finds them
 by a marker in their environment).
 
-Two cheap tests run by default; the rest are marked `faults` (`python -m pytest -m faults`,
-about 10 minutes on 2 cores). benchmarks/fault_suite.py repeats these kinds at other
-moments and adds 100+ bad inputs.
+Three cheap tests run by default (about 15 s); the rest are marked `faults` (`python -m
+pytest -m faults`, about 4 minutes on 2 cores when nothing hangs). benchmarks/fault_suite.py
+repeats these kinds at other moments and adds 200 bad inputs.
 """
 
 from __future__ import annotations
