@@ -28,6 +28,7 @@ page on first touch).
 from __future__ import annotations
 
 import copy
+import errno
 import shutil
 import threading
 import time
@@ -37,6 +38,7 @@ import torch
 
 from distcolor.checkpoint import save_checkpoint, staging_path
 from distcolor.errors import UserError, first_line
+from distcolor.failures import disk_full_message, free_bytes
 
 _IMMUTABLE = (str, bytes, int, float, complex, bool, type(None), torch.dtype, torch.device)
 
@@ -174,14 +176,39 @@ def snapshot_state(state: dict, buffers: HostBuffers | None = None):
     return out, ready, snap.nbytes
 
 
-def _as_user_error(err: BaseException, directory: Path, step: int) -> BaseException:
+def _as_user_error(err: BaseException, directory: Path, step: int, state: dict) -> BaseException:
     """A failed write (disk full, permissions, a path taken by a file) as one line; anything
-    else (a bug) as itself, with its traceback."""
-    if isinstance(err, (OSError, RuntimeError)):  # torch's zip writer raises RuntimeError
-        return UserError(
-            f"checkpoint of step {step} could not be written to {directory}: {first_line(err)}"
-        )
-    return err
+    else (a bug) as itself, with its traceback. torch's zip writer reports a full disk as
+    a RuntimeError without an errno ("unexpected pos ..."), so a write that needs more
+    than the space left is called disk full by the numbers."""
+    if not isinstance(err, (OSError, RuntimeError)):  # torch's zip writer: RuntimeError
+        return err
+    needed = state_nbytes(state)
+    full = isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT)
+    if full or needed > free_bytes(directory):
+        return UserError(disk_full_message(directory, f"the checkpoint of step {step}", needed))
+    return UserError(
+        f"checkpoint of step {step} could not be written to {directory}: {first_line(err)}"
+    )
+
+
+def state_nbytes(state: object) -> int:
+    """Bytes of tensor data in a checkpoint state (shared storages counted once)."""
+    seen: dict[int, int] = {}
+
+    def walk(obj: object) -> None:
+        if isinstance(obj, torch.Tensor):
+            storage = obj.untyped_storage()
+            seen[storage.data_ptr() or id(storage)] = storage.nbytes()
+        elif isinstance(obj, dict):
+            for v in obj.values():
+                walk(v)
+        elif isinstance(obj, (list, tuple)):
+            for v in obj:
+                walk(v)
+
+    walk(state)
+    return sum(seen.values())
 
 
 class CheckpointWriter:
@@ -212,7 +239,7 @@ class CheckpointWriter:
         self.buffers = HostBuffers()
         self.last: dict[str, float] = {}
         self._thread: threading.Thread | None = None
-        self._error: tuple[int, BaseException] | None = None
+        self._error: tuple[int, BaseException, dict] | None = None
 
     def _write(self, state: dict, step: int, ready) -> None:
         try:
@@ -229,8 +256,8 @@ class CheckpointWriter:
             self.last["write_s"] = time.perf_counter() - start
             self.last["write_cpu_s"] = time.thread_time() - cpu  # the core time it took
         except BaseException as err:  # handed to the main thread by wait()
-            self._error = (step, err)
             shutil.rmtree(staging_path(self.directory, step), ignore_errors=True)
+            self._error = (step, err, state)
 
     def save(self, state: dict, *, step: int) -> None:
         """Checkpoint `state` as step `step` (see the class)."""
@@ -259,9 +286,9 @@ class CheckpointWriter:
             self._thread.join()
             self._thread = None
         if self._error is not None:
-            step, err = self._error
+            step, err, state = self._error
             self._error = None
-            raised = _as_user_error(err, self.directory, step)
+            raised = _as_user_error(err, self.directory, step, state)
             if raised is err:
                 raise err
             raise raised from None

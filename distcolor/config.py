@@ -252,6 +252,12 @@ class TrainConfig(Section):
     thread while training goes on (the same files, marker and rename; the next checkpoint
     and the end of the run wait for it). Holds a second copy of the state in host memory.
     DDP backend only: DeepSpeed's save is collective and stays synchronous."""
+    collective_timeout_s: float = Field(600.0, gt=0.0)
+    """Seconds a rank waits in a collective (all-reduce, barrier) for the others before the
+    run fails with a line saying a rank stopped answering, instead of waiting for ever: a
+    hung or lost peer then ends the whole run (see docs on failures). Must exceed the
+    longest time one rank works alone while the others wait (rank 0's checkpoint writes
+    and report)."""
     hist_every: int = Field(500, ge=1)
     """Steps between histograms (weights, predicted vs real chroma) and colourfulness logs."""
     eval_images: int = Field(512, ge=0)

@@ -23,6 +23,7 @@ import contextlib
 import copy
 import os
 import socket
+from datetime import timedelta
 from functools import partial
 
 import torch
@@ -50,8 +51,9 @@ def import_deepspeed():
     return deepspeed
 
 
-def init_distributed(device: torch.device) -> None:
-    """Join DeepSpeed to the process group Accelerate made, or make a one-process group."""
+def init_distributed(device: torch.device, timeout_s: float) -> None:
+    """Join DeepSpeed to the process group Accelerate made, or make a one-process group
+    (whose collectives time out after `timeout_s`, as Accelerate's do)."""
     deepspeed = import_deepspeed()
     if not dist.is_initialized() and "RANK" not in os.environ:
         with socket.socket() as s:  # a single process: a private loopback rendezvous
@@ -62,7 +64,9 @@ def init_distributed(device: torch.device) -> None:
         )
     backend = dist.get_backend() if dist.is_initialized() else None
     backend = backend or ("nccl" if device.type == "cuda" else "gloo")
-    deepspeed.init_distributed(dist_backend=backend, verbose=False)
+    deepspeed.init_distributed(
+        dist_backend=backend, verbose=False, timeout=timedelta(seconds=timeout_s)
+    )
 
 
 class EngineUpdate:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import gc
 import os
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration
+from accelerate.utils import DataLoaderConfiguration, InitProcessGroupKwargs
 from torch import nn
 
 from distcolor.config import Config, TrainConfig
@@ -34,6 +35,10 @@ def build_accelerator(cfg: Config) -> Accelerator:
             cpu=not torch.cuda.is_available(),
             mixed_precision="no",
             dataloader_config=DataLoaderConfiguration(dispatch_batches=False),
+            # A rank that stops answering fails the run after this long (gloo and NCCL).
+            kwargs_handlers=[
+                InitProcessGroupKwargs(timeout=timedelta(seconds=cfg.train.collective_timeout_s))
+            ],
         )
     finally:
         if hidden is not None:

@@ -1,6 +1,8 @@
 """User-facing errors: raised for mistakes a user can fix, printed as one line."""
 
 import sys
+import threading
+import traceback
 from collections.abc import Callable
 
 
@@ -18,14 +20,39 @@ def first_line(err: BaseException) -> str:
 
 
 def run_main(main: Callable[[], object]) -> None:
-    """Run `main`; a UserError exits with status 2 and a single `error: ...` line on stderr.
-    (Here rather than in distcolor.cli so that scripts needing no config, such as
-    scripts/wheelhouse.py, import neither pydantic nor yaml.)"""
+    """Run a script's `main` and end the process the way a user (or a cluster) expects:
+
+    - a UserError: one `error: ...` line, exit status 2;
+    - a known failure (disk full, out of memory, a lost peer rank): one `error: ...` line,
+      exit status 1; any other exception: its traceback, exit status 1;
+    - Ctrl-C outside training: `interrupted`, exit status 130.
+
+    A failing rank leaves its line for the other ranks (distcolor.failures.tell_peers), and
+    after any failure the process is gone within failures.EXIT_GRACE_S seconds, whatever
+    would wait at interpreter exit. (Here rather than in distcolor.cli so that scripts
+    needing no config, such as scripts/wheelhouse.py, import neither pydantic nor yaml.)"""
+    from distcolor import failures
+
+    threading.excepthook = failures.report_thread_failure
     try:
         main()
+        return
     except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+        line, code = f"{err}", 2
+        print(f"error: {line}", file=sys.stderr)
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
+        line, code = "interrupted", 130
+        print(line, file=sys.stderr)
+    except Exception as err:
+        line, code = failures.describe(err), 1
+        if line is None:
+            traceback.print_exc()
+            line = f"{type(err).__name__}: {first_line(err)}"
+        else:
+            print(f"error: {line}", file=sys.stderr)
+        if failures.lost_peer(err):
+            line = None  # a consequence: the rank that failed first says why
+    if line is not None:
+        failures.tell_peers(line)
+    failures.exit_within(failures.EXIT_GRACE_S, code)
+    sys.exit(code)

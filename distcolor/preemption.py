@@ -2,12 +2,17 @@
 
 The first signal only raises a flag; the loop finishes its step, every rank agrees to stop
 (one tiny all-reduce per step, so ranks that got the signal a step apart stop together),
-a checkpoint is written and the process exits 0. A second Ctrl-C interrupts at once.
+a checkpoint is written and the process exits 0. A second Ctrl-C ends the process at once
+with status 130 and one line (no traceback, no checkpoint; complete checkpoints are never
+touched, a write in flight leaves only its staging folder, and the loader workers follow
+their trainer out).
 """
 
 from __future__ import annotations
 
+import os
 import signal
+import sys
 import threading
 from types import FrameType
 
@@ -38,9 +43,17 @@ class StopRequest:
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.signal_name is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt  # a second Ctrl-C: stop now, no checkpoint
+            # A second Ctrl-C: stop now. Not by raising KeyboardInterrupt, which could land
+            # anywhere (inside a collective, an exit handler) and end in a traceback.
+            try:
+                sys.stdout.flush()
+            except (OSError, RuntimeError):  # interrupted mid-write: the line still goes out
+                pass
+            os.write(2, b"interrupted (second Ctrl-C): stopped without a checkpoint\n")
+            os._exit(130)
         self.signal_name = signal.Signals(signum).name
-        self.log(f"{self.signal_name}: stopping after this step with a checkpoint")
+        again = " (Ctrl-C again stops at once)" if signum == signal.SIGINT else ""
+        self.log(f"{self.signal_name}: stopping after this step with a checkpoint{again}")
 
     def agreed(self, device: torch.device) -> bool:
         """True on every rank once any rank got a signal (a collective when distributed)."""
@@ -50,10 +63,3 @@ class StopRequest:
             dist.all_reduce(t, op=dist.ReduceOp.MAX)
             flag = bool(t.item())
         return flag
-
-
-def ignore_stop_signals(_worker_id: int | None = None) -> None:
-    """Loader workers leave SIGTERM to the trainer: SLURM signals the whole process group,
-    and a worker killed mid-batch would fail the step the checkpoint is waiting for. (They
-    still exit with their parent.)"""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)

@@ -11,6 +11,7 @@ The numbers behind histograms and colour-drift curves are distcolor/monitor.py's
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Iterable
 from datetime import timedelta
 from pathlib import Path
@@ -29,6 +30,7 @@ from rich.progress import (
 )
 
 from distcolor.color import lab_to_srgb
+from distcolor.errors import first_line
 from distcolor.monitor import chroma_histograms, histogram
 
 
@@ -98,7 +100,13 @@ class Tracker:
     def __exit__(
         self, exc_type: type | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self.close()
+        if exc_type is None:
+            self.close()
+            return
+        try:  # already failing (a full disk, say): let the first error through
+            self.close()
+        except Exception as err:
+            print(f"warning: logs not closed cleanly: {first_line(err)}", file=sys.stderr)
 
     def advance(self, step: int, info: str | None = None) -> None:
         if self._progress is None:

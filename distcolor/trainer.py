@@ -191,7 +191,7 @@ def _train(cfg: Config, *, resume: bool | str | None, batches: Iterable[dict] | 
     if backend == "deepspeed":
         from distcolor import deepspeed_step as ds
 
-        ds.init_distributed(accelerator.device)
+        ds.init_distributed(accelerator.device, cfg.train.collective_timeout_s)
     rank, world = rank_and_world(accelerator)
     is_main = accelerator.is_main_process
     log = print if is_main else (lambda *_: None)

@@ -42,6 +42,7 @@ batch buffers), `tarstream` (reading tars); this one holds the datasets, the res
 from __future__ import annotations
 
 import itertools
+import os
 import random
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -68,9 +69,8 @@ from distcolor.data.streams import (
     deal_shards,
     raw_samples,
 )
-from distcolor.data.workers import process_context
+from distcolor.data.workers import process_context, worker_init
 from distcolor.errors import UserError
-from distcolor.preemption import ignore_stop_signals
 
 __all__ = [
     "LoaderState",
@@ -405,5 +405,5 @@ def _loader(stream: IterableDataset, num_workers: int) -> DataLoader:
         pin_memory=torch.cuda.is_available(),
         prefetch_factor=PREFETCH if num_workers > 0 else None,
         multiprocessing_context=process_context() if num_workers > 0 else None,
-        worker_init_fn=ignore_stop_signals,
+        worker_init_fn=worker_init(os.getpid()) if num_workers > 0 else None,
     )
