@@ -143,13 +143,33 @@ def load_failure(err: BaseException) -> str:
     return " ".join(first_line(err).split())[:300]
 
 
-def load_parts(state: dict, parts: dict, path: Path) -> None:
-    """`part.load_state_dict(state[key])` for each part; a mismatch is one clear line."""
+def load_parts(state: dict, parts: dict, path: Path, changed: list[str] = ()) -> None:
+    """`part.load_state_dict(state[key])` for each part; a mismatch is one clear line,
+    naming the first differing tensor and the `changed` model settings (`key old -> new`)."""
     try:
         for key, part in parts.items():
             part.load_state_dict(state[key])
     except (RuntimeError, KeyError, ValueError) as err:
-        raise UserError(f"--resume: {path} does not fit this config ({first_line(err)})") from None
+        why = f"; model settings changed since: {', '.join(changed)}" if changed else ""
+        raise UserError(
+            f"--resume: {path} does not fit this config ({_mismatch(err)}){why}; resume with "
+            "the model settings it was trained with, or start a new run"
+        ) from None
+
+
+def _mismatch(err: BaseException) -> str:
+    """torch's load_state_dict complaint (a header, then one line per problem) in one line."""
+    problems = [line.strip() for line in str(err).splitlines()[1:] if line.strip()]
+    if not problems:
+        return first_line(err)
+    first = re.sub(
+        r"copying a param with shape torch\.Size\((.*?)\) from checkpoint, the shape in "
+        r"current model is torch\.Size\((.*?)\)\.?",
+        r"checkpoint \1, this config \2",
+        problems[0],
+    )
+    more = f", and {len(problems) - 1} more" if len(problems) > 1 else ""
+    return f"{first.rstrip('. ')[:240]}{more}"
 
 
 def restore(candidates: list[Path], models: dict[str, nn.Module], log=print) -> tuple[dict, Path]:

@@ -19,13 +19,16 @@ def first_line(err: BaseException) -> str:
     return (str(err).strip().splitlines() or [type(err).__name__])[0]
 
 
-def run_main(main: Callable[[], object]) -> None:
+def run_main(main: Callable[[], object], disk_full_advice: str | None = None) -> None:
     """Run a script's `main` and end the process the way a user (or a cluster) expects:
 
     - a UserError: one `error: ...` line, exit status 2;
     - a known failure (disk full, out of memory, a lost peer rank): one `error: ...` line,
       exit status 1; any other exception: its traceback, exit status 1;
     - Ctrl-C outside training: `interrupted`, exit status 130.
+
+    `disk_full_advice` is what the disk-full line tells the user to do (the script knows:
+    a training run resumes, a shard build picks up where it stopped).
 
     A failing rank leaves its line for the other ranks (distcolor.failures.tell_peers), and
     after any failure the process is gone within failures.EXIT_GRACE_S seconds, whatever
@@ -44,7 +47,8 @@ def run_main(main: Callable[[], object]) -> None:
         line, code = "interrupted", 130
         print(line, file=sys.stderr)
     except Exception as err:
-        line, code = failures.describe(err), 1
+        advice = disk_full_advice or failures.DISK_FULL_ADVICE
+        line, code = failures.describe(err, advice), 1
         if line is None:
             traceback.print_exc()
             line = f"{type(err).__name__}: {first_line(err)}"

@@ -13,11 +13,13 @@ No torch import at module level: `run_main` uses this from every script.
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import re
 import shutil
 import sys
 import threading
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -34,14 +36,26 @@ _PEER_TEXT = (
     "nccl error",
     "socket timeout",
 )
+# gloo's words when its own timeout ends a collective (no "gloo" in them, a RuntimeError).
+_GLOO_TIMEOUT_TEXT = ("application timeout caused pair closure",)
 _TIMEOUT_TEXT = ("timed out", "timeout")
 _NOTICE = "distcolor/failed/{rank}"
+_WAITED = "distcolor/timed-out/{rank}"
+# How long a rank whose collective timed out waits for the others to say they timed out
+# too: the ranks that do not are the silent ones. They all waited on the same collective,
+# so their timeouts end within moments of each other.
+_ROLL_CALL_S = 3.0
 
 
-def describe(err: BaseException) -> str | None:
+# What a user can do about a full disk, by default (a script may say it for itself).
+DISK_FULL_ADVICE = "free some space (or write elsewhere), then run it again"
+
+
+def describe(err: BaseException, disk_full_advice: str = DISK_FULL_ADVICE) -> str | None:
     """One line for a known kind of failure anywhere in `err`'s chain, else None."""
     chain = list(_chain(err))
-    for kind in (_disk_full, _out_of_memory, _lost_peer):
+    kinds = (functools.partial(_disk_full, advice=disk_full_advice), _out_of_memory, _lost_peer)
+    for kind in kinds:
         for e in chain:
             line = kind(e)
             if line is not None:
@@ -64,13 +78,13 @@ def _first_line(err: BaseException) -> str:
     return line if len(line) <= 240 else line[:237] + "..."
 
 
-def _disk_full(err: BaseException) -> str | None:
+def _disk_full(err: BaseException, advice: str) -> str | None:
     if not (isinstance(err, OSError) and err.errno in _DISK_FULL):
         return None
     where = Path(err.filename) if err.filename else None
     free = f" ({megabytes(free_bytes(where))} free there)" if where is not None else ""
     target = f"could not write {where}{free}" if where is not None else _first_line(err)
-    return f"disk full: {target}; free some space (or point run.out_dir elsewhere), then --resume"
+    return f"disk full: {target}; {advice}"
 
 
 def disk_full_message(directory: Path, what: str, needed: int) -> str:
@@ -124,6 +138,8 @@ def _peer_trouble(err: BaseException) -> str | None:
         return None
     if any(t in text for t in _PEER_TEXT):
         return "lost"
+    if any(t in text for t in _GLOO_TIMEOUT_TEXT):
+        return "silent"
     if any(t in text for t in _TIMEOUT_TEXT) and ("gloo" in text or distributed):
         return "silent"
     return None
@@ -138,9 +154,16 @@ def _lost_peer(err: BaseException) -> str | None:
         rank, line = first
         return f"rank {rank} failed first ({line}); this rank lost contact with it"
     if trouble == "silent":
+        silent = _silent_ranks()
+        who = (
+            f"rank {silent[0]}" if silent and len(silent) == 1
+            else f"ranks {', '.join(map(str, silent))}" if silent
+            else "another rank"
+        )  # fmt: skip
         return (
-            "a collective timed out: another rank stopped answering for longer than "
-            f"train.collective_timeout_s ({_first_line(err)})"
+            f"a collective timed out: {who} stopped answering for longer than "
+            f"train.collective_timeout_s (hung, or far slower than the rest; see its log): "
+            f"{_first_line(err)}"
         )
     return (
         "lost contact with another rank of the run, which reported no error (killed by the "
@@ -193,6 +216,31 @@ def _failed_first() -> tuple[int, str] | None:
         except Exception:
             return None
     return None
+
+
+def _silent_ranks() -> list[int] | None:
+    """After a collective timed out here: the other ranks that did not time out too (nor
+    report an error) within a short roll call, or None without a store."""
+    store = _store()
+    if store is None:
+        return None
+    mine, world = os.environ.get("RANK", "?"), int(os.environ.get("WORLD_SIZE", "1"))
+    try:
+        store.set(_WAITED.format(rank=mine), "1")
+        deadline = time.monotonic() + _ROLL_CALL_S
+        while True:
+            silent = [
+                rank
+                for rank in range(world)
+                if str(rank) != mine
+                and not store.check([_WAITED.format(rank=rank)])
+                and not store.check([_NOTICE.format(rank=rank)])
+            ]
+            if not silent or time.monotonic() > deadline:
+                return silent
+            time.sleep(0.2)
+    except Exception:
+        return None
 
 
 def exit_within(seconds: float, code: int) -> None:

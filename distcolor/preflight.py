@@ -23,6 +23,7 @@ import torch
 from torch.autograd.graph import saved_tensors_hooks
 
 from distcolor.config import Config
+from distcolor.data.publish import needs_recovery
 from distcolor.errors import UserError
 from distcolor.losses import GANObjective
 from distcolor.models import build_models
@@ -45,6 +46,8 @@ def check_run_paths(cfg: Config, resume: bool | str | None) -> None:
     shards = Path(cfg.data.shards)
     if cfg.data.synthetic is not None and not os.path.lexists(shards):
         output_folder(shards, "data.shards")
+    elif not os.path.lexists(shards) and needs_recovery(Path(os.path.realpath(shards))):
+        pass  # a publish killed between its renames: ensure_shards puts the set back
     else:
         input_folder(shards, "data.shards")
     if isinstance(resume, str) and resume not in ("auto", "latest"):

@@ -215,10 +215,10 @@ def _train(cfg: Config, *, resume: bool | str | None, batches: Iterable[dict] | 
     requeued, resume = resume == "auto", bool(candidates)
     if resume:
         state, ckpt_path = restore(candidates, models={}, log=log)
-        _check_resumable(state, cfg, log, backend=backend, world=world)
+        changed = _check_resumable(state, cfg, log, backend=backend, world=world)
         check_resume_step(state, cfg, requeued=requeued, log=log)
         if backend == "ddp":  # DeepSpeed's engines load their own part once they exist
-            load_parts(state, {"G": generator, "D": discriminator}, ckpt_path)
+            load_parts(state, {"G": generator, "D": discriminator}, ckpt_path, changed)
         _restore_rng(state, rank, world)
         seed = state.get("init_seed", seed)  # the seed that made these weights
         start_step = int(state["step"])
@@ -725,9 +725,10 @@ def _check_resources(cfg: Config, device: torch.device, *, world: int, backend: 
     check_memory(cfg, device, world=world, backend=backend)
 
 
-def _check_resumable(state: dict, cfg: Config, log, *, backend: str, world: int) -> None:
+def _check_resumable(state: dict, cfg: Config, log, *, backend: str, world: int) -> list[str]:
     """Refuse a resume that cannot work; warn about model settings that changed silently
-    (activations, dropout, norms without weights: the saved weights still load)."""
+    (activations, dropout, norms without weights: the saved weights still load). Returns
+    those changes (`key old -> new`), for the error if the weights then do not fit."""
     saved = state.get("config", {})
     before = state.get("backend", "ddp")
     if before != backend:
@@ -750,6 +751,7 @@ def _check_resumable(state: dict, cfg: Config, log, *, backend: str, world: int)
     changed = _changed_keys(saved.get("model", {}), cfg.model.model_dump(mode="json"), "model")
     if changed:
         log(f"warning: resuming with changed model settings: {', '.join(changed)}")
+    return changed
 
 
 def _changed_keys(before: dict, now: dict, prefix: str) -> list[str]:

@@ -115,4 +115,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_main(main)
+    run_main(
+        main,
+        disk_full_advice="free some space (or choose another --out), then run the same "
+        "command again: finished shards are kept",
+    )

@@ -38,4 +38,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_main(main)
+    run_main(
+        main, disk_full_advice="free some space (or point run.out_dir elsewhere), then --resume"
+    )

@@ -27,7 +27,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -35,6 +34,8 @@ import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from tests.helpers import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 MARKER_ENV = "DISTCOLOR_FAULT_RUN"
@@ -144,12 +145,6 @@ def signal_groups(marker: str, sig: int) -> int:
         except ProcessLookupError:
             pass
     return len(groups)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run_env(marker: str, **extra: str) -> dict[str, str]:
@@ -624,7 +619,8 @@ def injected(ctx: FaultContext, family: Family, name: str, inject: list, *,
         case.check(not trainer_tracebacks(err), "a traceback for a full disk")
     if expect == "peer":
         case.check(
-            bool(error_lines(err)), f"no `error:` line for the silent rank: {own_lines(err)[-2:]}"
+            any(f"rank {rank}" in line for line in error_lines(err)),
+            f"no `error:` line naming the silent rank {rank}: {own_lines(err)[-2:]}",
         )
     before = {**seen, **fault.get("complete", {})}
     # A checkpoint the fault itself interrupted was never complete; one seen complete

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -101,3 +102,10 @@ def run_script(*args, cwd=None, timeout: int = 300) -> subprocess.CompletedProce
         env=env,
         timeout=timeout,
     )
+
+
+def free_port() -> int:
+    """A TCP port free on loopback now (for a launcher's --master_port)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

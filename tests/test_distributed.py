@@ -2,7 +2,6 @@
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +14,7 @@ from tests.helpers import (
     TRAINING_STATE,
     assert_bitwise_equal,
     copy_stopped_at,
+    free_port,
     scene_samples,
     write_sample_shards,
 )
@@ -23,12 +23,6 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 COMPILED = {"train.compile": "true", "train.compile_backend": "aot_eager"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def torchrun(nproc: int, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:

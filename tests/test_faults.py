@@ -94,6 +94,16 @@ def test_an_error_in_one_rank_ends_every_process_of_the_run(ctx, rank):
 
 
 @pytest.mark.faults
+def test_a_hung_rank_is_named_once_the_collective_timeout_ends(ctx):
+    """Rank 1 stops answering at step 3: rank 0's collective times out after
+    train.collective_timeout_s, it says which rank went silent, and the launcher ends the
+    rest (a hung rank ignores its SIGTERM: the launcher's grace, then SIGKILL)."""
+    case = ft.injected(ctx, ft.RANKS, "hang-rank1", ["--step-hang", 3], rank=1, expect="peer",
+                       **{"train.collective_timeout_s": 10})  # fmt: skip
+    assert passed(case, ctx) and case.bitwise
+
+
+@pytest.mark.faults
 def test_kill_9_of_one_rank_under_torchrun_ends_every_process_of_the_run(ctx):
     case = ft.external_kill(ctx, ft.RANKS, "kill-rank1", 3, rank=1)
     assert passed(case, ctx) and case.bitwise

@@ -19,7 +19,6 @@ import json
 import os
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -30,18 +29,13 @@ import torch
 
 from distcolor.checkpoint import load_checkpoint
 from tests.conftest import tiny_overrides
+from tests.helpers import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 ACCEL = ROOT / "configs" / "accelerate"
 SLURM = ROOT / "scripts" / "slurm_train.sh"
 STEPS = 5  # tiny runs here: checkpoints at 2, 4 and 5 (train.ckpt_every=2)
 WORLD_2 = "TFLOP per step of 4 x 2 process(es)"  # rank 0's start-up line in a 2-process run
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def launch_env(**extra: str | None) -> dict[str, str]:

@@ -25,6 +25,7 @@ the final moves are renames):
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -32,7 +33,7 @@ import shutil
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import nullcontext
+from contextlib import nullcontext, suppress
 from pathlib import Path
 
 import PIL
@@ -62,7 +63,7 @@ from distcolor.data.sources import (
     read_input,
     synthetic_sample,
 )
-from distcolor.data.workers import process_context
+from distcolor.data.workers import guard_worker, process_context
 from distcolor.errors import UserError
 from distcolor.locks import folder_lock
 
@@ -119,7 +120,12 @@ def _map(fn: Callable, items: list, workers: int, *, ordered: bool) -> Iterator:
     if workers <= 1 or len(items) <= 1:
         yield from map(fn, items)
         return
-    with process_context().Pool(min(workers, len(items))) as pool:
+    # guard_worker: pool workers fork from the loader's fork server, which ignores SIGTERM;
+    # they must still stop when this process terminates the pool, and die with it.
+    pool = process_context().Pool(
+        min(workers, len(items)), initializer=guard_worker, initargs=(os.getpid(),)
+    )
+    with pool:
         chunk = max(1, min(64, len(items) // (workers * 8)))
         mapper = pool.imap if ordered else pool.imap_unordered
         yield from mapper(fn, items, chunksize=chunk)
@@ -183,28 +189,40 @@ def _write_shard(task: tuple[ShardJob, str]) -> dict:
     staging = Path(staging)
     tmp, final = staging / f"{job.name}.tmp", staging / f"{job.name}.tar"
     count, skipped, colorfulness = 0, [], []
-    with open(tmp, "wb") as stream:
-        # mtime fixed: the same inputs give byte-identical shards.
-        tar = wds.TarWriter(stream, encoder=False, mtime=0)  # an int: a float adds pax headers
-        for item in job.inputs:
-            rec = _load(item, job.settings)
-            if isinstance(rec, Skip):
-                skipped.append({"path": rec.path, "reason": rec.reason, "kind": rec.kind})
-                continue
-            # Keys hold no dots: webdataset splits a member name at its first dot.
-            tar.write(
-                {
-                    "__key__": rec.key,
-                    "jpg": rec.jpeg,
-                    "json": json.dumps(rec.meta, sort_keys=True).encode(),
-                }
-            )
-            count += 1
-            if "colorfulness" in rec.meta:
-                colorfulness.append(rec.meta["colorfulness"])
-        tar.close()
-        stream.flush()
-        os.fsync(stream.fileno())
+    try:
+        with open(tmp, "wb") as stream:
+            # mtime fixed: the same inputs give byte-identical shards.
+            tar = wds.TarWriter(stream, encoder=False, mtime=0)  # int: a float adds pax headers
+            try:
+                for item in job.inputs:
+                    rec = _load(item, job.settings)
+                    if isinstance(rec, Skip):
+                        skipped.append({"path": rec.path, "reason": rec.reason, "kind": rec.kind})
+                        continue
+                    # Keys hold no dots: webdataset splits a member name at its first dot.
+                    tar.write(
+                        {
+                            "__key__": rec.key,
+                            "jpg": rec.jpeg,
+                            "json": json.dumps(rec.meta, sort_keys=True).encode(),
+                        }
+                    )
+                    count += 1
+                    if "colorfulness" in rec.meta:
+                        colorfulness.append(rec.meta["colorfulness"])
+            except BaseException:
+                # Closed here (its last write may fail too), or tarfile flushes it again at
+                # exit into a closed file and prints a traceback.
+                with suppress(OSError, ValueError):
+                    tar.close()
+                raise
+            tar.close()
+            stream.flush()
+            os.fsync(stream.fileno())
+    except OSError as err:
+        if err.errno in (errno.ENOSPC, errno.EDQUOT) and not err.filename:
+            raise OSError(err.errno, os.strerror(err.errno), str(staging)) from None
+        raise
     os.replace(tmp, final)
     record = {
         "plan": job.digest,

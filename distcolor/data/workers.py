@@ -22,6 +22,7 @@ import multiprocessing
 import os
 import select
 import signal
+import sys
 import threading
 import time
 
@@ -29,6 +30,8 @@ import time
 # every caller: the server starts once per process and ignores later preload changes.
 # forkserver_signals comes first: it protects the server from group signals while it loads.
 PRELOAD = ["distcolor.data.forkserver_signals", "distcolor.data.loader", "distcolor.data.shards"]
+
+_QUIET_TRACKER = "ignore:resource_tracker:UserWarning"
 
 
 @functools.cache
@@ -39,6 +42,13 @@ def process_context() -> multiprocessing.context.BaseContext:
     copies whatever lock one of them holds and the child can hang before it runs a line
     (seen here: a 2-rank run froze creating its eval loader). The fork server is a fresh
     process that imports PRELOAD once; workers fork from it, so they start fast."""
+    # The resource tracker (started with the first worker) unlinks the semaphores of a
+    # process that left without cleaning up (a second Ctrl-C, the exit watchdog) and then
+    # warns about "leaked semaphore objects": noise after a deliberate exit. It takes its
+    # warning filters from sys.warnoptions when it starts, so the cleanup stays, the
+    # warning goes.
+    if _QUIET_TRACKER not in sys.warnoptions:
+        sys.warnoptions.append(_QUIET_TRACKER)
     if "forkserver" not in multiprocessing.get_all_start_methods():
         return multiprocessing.get_context("spawn")
     context = multiprocessing.get_context("forkserver")
