@@ -21,6 +21,7 @@ Whatever a scenario leaves running is killed (SIGKILL by marker) before it retur
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -32,6 +33,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -729,13 +731,10 @@ def stop_signal(ctx: FaultContext, family: Family, name: str, sig: int, after_st
     return case
 
 
-def disk_full(ctx: FaultContext, name: str, size_mb: int) -> Case:
-    """run.out_dir on a `size_mb` MB tmpfs, checkpoints of a width-24 generator (37 MB
-    each, every 2 steps), loader workers on: one `error:` line naming the disk, non-zero
-    exit within the bound, no leftovers, the previous complete checkpoint intact."""
-    case = Case(name, "disk_full")
-    logs = ctx.case_logs(case, fresh=True)
-    mount = ctx.work / f"tmpfs-{name}"
+@contextlib.contextmanager
+def tmpfs(ctx: FaultContext, case: Case, size_mb: int) -> Iterator[Path | None]:
+    """A `size_mb` MB tmpfs for `case` (None, noted as skipped, where mounting fails)."""
+    mount = ctx.work / f"tmpfs-{case.name}"
     mount.mkdir(parents=True, exist_ok=True)
     mounted = subprocess.run(
         ["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs", str(mount)],
@@ -744,31 +743,48 @@ def disk_full(ctx: FaultContext, name: str, size_mb: int) -> Case:
     )
     if mounted.returncode != 0:
         case.notes.append(f"skipped: cannot mount a tmpfs ({mounted.stderr.strip()})")
-        return case
+        yield None
+        return
     try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def check_disk_full_exit(case: Case, ended: Exit, err: str) -> None:
+    """A full disk ended the process: non-zero, one `error:` line naming it, no traceback."""
+    case.exited(ended)
+    case.check(ended.rc not in (0, None), f"exit status {ended.rc} on a full disk")
+    lines = error_lines(err)
+    case.check(len(lines) == 1, f"{len(lines)} `error:` lines, not 1: {own_lines(err)[-2:]}")
+    case.check(
+        any(re.search(r"space|disk|full", ln, re.I) for ln in lines),
+        "no `error:` line names the full disk",
+    )
+    case.check("Traceback" not in err, "a traceback for a full disk")
+
+
+def disk_full(ctx: FaultContext, name: str, size_mb: int) -> Case:
+    """run.out_dir on a `size_mb` MB tmpfs, checkpoints of a width-24 generator (37 MB
+    each, every 2 steps), loader workers on: one `error:` line naming the disk, non-zero
+    exit within the bound, no leftovers, the previous complete checkpoint intact."""
+    case = Case(name, "disk_full")
+    logs = ctx.case_logs(case, fresh=True)
+    with tmpfs(ctx, case, size_mb) as mount:
+        if mount is None:
+            return case
         family = Family("disk", 1, 8, {"data.num_workers": 2, "model.generator.width": 24})
         ckpts = mount / "tiny" / "checkpoints"
         argv = ctx.train_argv(family, ctx.overrides(family, "tiny", out_dir=mount))
         watcher = CheckpointWatcher(ckpts)
         proc = Proc("fault", argv, logs=logs)
+        # Hung runs are timed from their start here: a bound of 300 s + the exit bound.
         ended = proc.finish(bound=300 + ctx.bound)
         seen = watcher.stop()
-        case.exited(ended)
-        err = proc.err
-        case.check(ended.rc not in (0, None), f"exit status {ended.rc} on a full disk")
-        lines = error_lines(err)
-        case.check(len(lines) == 1, f"{len(lines)} `error:` lines, not 1: {own_lines(err)[-2:]}")
-        case.check(
-            any(re.search(r"space|disk|full", ln, re.I) for ln in lines),
-            "no `error:` line names the full disk",
-        )
-        case.check("Traceback" not in err, "a traceback for a full disk")
-        # Hung runs are timed from their start here: a bound of 300 s + the exit bound.
+        check_disk_full_exit(case, ended, proc.err)
         case.lost = lost_checkpoints(ckpts, seen)
         case.check(not case.lost, f"lost checkpoints: {case.lost}")
         case.notes.append(f"complete checkpoints seen: {sorted(seen)}")
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
     return case
 
 
@@ -923,16 +939,13 @@ def make_shards_disk_full(ctx: FaultContext, name: str, size_mb: int = 1) -> Cas
     """make_shards into a tiny tmpfs with 2 workers: one `error:` line about the disk."""
     case = Case(name, "disk_full")
     logs = ctx.case_logs(case, fresh=True)
-    mount = ctx.work / f"tmpfs-{name}"
-    mount.mkdir(parents=True, exist_ok=True)
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs", str(mount)],
-        capture_output=True,
-        text=True,
-    )
-    if mounted.returncode != 0:
-        case.notes.append(f"skipped: cannot mount a tmpfs ({mounted.stderr.strip()})")
-        return case
+    with tmpfs(ctx, case, size_mb) as mount:
+        if mount is None:
+            return case
+        args = ("--synthetic", "400", "--synthetic-size", "96", "--size", "96", "--workers", "2")
+        proc = Proc("fault", make_shards_argv(mount / "s", *args), logs=logs)
+        check_disk_full_exit(case, proc.finish(bound=300), proc.err)
+    return case
     try:
         args = ("--synthetic", "400", "--synthetic-size", "96", "--size", "96", "--workers", "2")
         proc = Proc("fault", make_shards_argv(mount / "s", *args), logs=logs)
