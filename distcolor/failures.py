@@ -12,6 +12,7 @@ No torch import at module level: `run_main` uses this from every script.
 
 from __future__ import annotations
 
+import atexit
 import errno
 import functools
 import os
@@ -243,16 +244,34 @@ def _silent_ranks() -> list[int] | None:
         return None
 
 
+_exit_plan: dict[str, float] = {}  # the latest exit_within's seconds and code
+
+
 def exit_within(seconds: float, code: int) -> None:
-    """End the process with `code` after `seconds` unless it has exited by then."""
+    """End the process with `code` if it is still shutting down `seconds` after it began to.
+
+    The clock starts when the interpreter begins to exit (threading's exit hooks run
+    before it joins threads and before atexit handlers, where a hang would be), not now:
+    a caller that catches the SystemExit and keeps running (a test calling a script's
+    main in its own process) is not cut short later. One watchdog per process."""
+    first = not _exit_plan
+    _exit_plan.update(seconds=seconds, code=code)
+    if not first:
+        return
+    exiting = threading.Event()
 
     def _force() -> None:
-        os.write(2, f"error: still running {seconds:.0f} s after the error; ending now\n".encode())
-        os._exit(code)
+        exiting.wait()
+        time.sleep(_exit_plan["seconds"])
+        line = f"error: still running {_exit_plan['seconds']:.0f} s after the error; ending now\n"
+        os.write(2, line.encode())
+        os._exit(int(_exit_plan["code"]))
 
-    timer = threading.Timer(seconds, _force)
-    timer.daemon = True
-    timer.start()
+    # Started now: a thread may not start once the interpreter is finalizing.
+    threading.Thread(target=_force, name="exit-within", daemon=True).start()
+    # threading._register_atexit (as concurrent.futures uses) runs before threads are joined.
+    register = getattr(threading, "_register_atexit", None) or atexit.register
+    register(exiting.set)
 
 
 def report_thread_failure(args: threading.ExceptHookArgs) -> None:

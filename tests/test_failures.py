@@ -160,6 +160,43 @@ def test_an_error_ends_the_process_even_if_a_thread_would_keep_it_alive(tmp_path
     assert lines[1] == "error: still running 2 s after the error; ending now"
 
 
+def test_a_caller_that_catches_the_exit_keeps_running_past_the_grace_time(tmp_path):
+    """The exit watchdog counts from the interpreter's shutdown, not from the error: a
+    caller running a script's main in its own process (as tests do) and going on is not
+    killed later, and its own exit stays bounded."""
+    body = """
+    def main():
+        raise UserError("a mistake")
+
+    try:
+        run_main(main)
+    except SystemExit as stop:
+        print(f"caught {stop.code}", file=sys.stderr, flush=True)
+    time.sleep(3)  # beyond the grace of 1 s
+    print("still here", file=sys.stderr, flush=True)
+    threading.Thread(target=time.sleep, args=(3600,)).start()
+    sys.exit(0)
+    """
+    (tmp_path / "caller.py").write_text(
+        "import sys, threading, time\nfrom distcolor.errors import UserError, run_main\n"
+        + textwrap.dedent(body)
+    )
+    start = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, str(tmp_path / "caller.py")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "DISTCOLOR_EXIT_GRACE_S": "1"},
+    )
+    lines = done.stderr.strip().splitlines()
+    assert lines[:3] == ["error: a mistake", "caught 2", "still here"], done.stderr
+    # its own exit then hangs on the thread: the watchdog ends it, with the error's status
+    assert lines[3] == "error: still running 1 s after the error; ending now"
+    assert done.returncode == 2 and time.monotonic() - start < 30
+
+
 # -- two ranks: the one that failed first is named ---------------------------------------
 
 _RANKS = """

@@ -113,13 +113,6 @@ def child_main(plan_file: str, results_file: str) -> None:
     """Run every planned (case, entry, path) and write what each did."""
     import torch
 
-    try:  # run_main ends a real process within a grace time by a timer thread; here
-        # hundreds of cases share one process, so their timers would pile up.
-        from distcolor import failures
-
-        failures.exit_within = lambda seconds, code: None
-    except ImportError:
-        pass
     torch.set_num_threads(1)
     results = []
     for n, item in enumerate(json.loads(Path(plan_file).read_text())):
