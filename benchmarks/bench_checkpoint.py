@@ -39,6 +39,7 @@ from pathlib import Path
 import torch
 
 from distcolor.async_checkpoint import CheckpointWriter
+from distcolor.backends.ddp import ddp_step
 from distcolor.checkpoint import STATE, checkpoint_path, save_checkpoint
 from distcolor.cli import DEFAULT_CONFIG, add_config_arguments, config_from_args, run_main
 from distcolor.data.loader import LoaderState
@@ -47,7 +48,6 @@ from distcolor.ema import GeneratorEMA
 from distcolor.lottery import LotteryTicket
 from distcolor.models import build_models
 from distcolor.precision import Precision, resolve_precision
-from distcolor.step import GANStep
 from distcolor.trainer import code_version, data_order
 
 PAPER = DEFAULT_CONFIG.parent / "paper.yaml"
@@ -93,7 +93,7 @@ def main() -> None:
     ema = None
     if tc.ema_half_life is not None:
         ema = GeneratorEMA(generator, half_life=tc.ema_half_life, rampup=tc.ema_rampup)
-    step_fn = GANStep.build(cfg, accelerator, generator, discriminator, Precision(mode, device))
+    step_fn = ddp_step(cfg, accelerator, generator, discriminator, Precision(mode, device))
     plain_g = accelerator.unwrap_model(step_fn.G)
     plain_d = accelerator.unwrap_model(step_fn.D)
     ticket = None

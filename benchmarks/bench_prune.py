@@ -24,12 +24,12 @@ import time
 
 import torch
 
+from distcolor.backends.ddp import ddp_step
 from distcolor.cli import DEFAULT_CONFIG, add_config_arguments, config_from_args, run_main
 from distcolor.distributed import build_accelerator
 from distcolor.models import build_models
 from distcolor.precision import Precision, resolve_precision
 from distcolor.pruning import Masks, alive_after, compute_global_masks, prunable_weights
-from distcolor.step import GANStep
 
 PAPER = DEFAULT_CONFIG.parent / "paper.yaml"
 
@@ -81,7 +81,7 @@ def main() -> None:
     generator.to(device)
     masks, round_s = time_rounds(generator, rounds, a.round_threads)
 
-    step = GANStep.build(cfg, accelerator, generator, discriminator, Precision(mode, device))
+    step = ddp_step(cfg, accelerator, generator, discriminator, Precision(mode, device))
     side = cfg.data.image_size
     torch.manual_seed(0)
     lightness = torch.rand(batch, 1, side, side, device=device) * 2 - 1

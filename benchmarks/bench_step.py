@@ -26,12 +26,12 @@ import time
 
 import torch
 
+from distcolor.backends.ddp import ddp_step
 from distcolor.cli import add_config_arguments, config_from_args, run_main
 from distcolor.distributed import build_accelerator
 from distcolor.flops import peak_flops, step_flops
 from distcolor.models import build_models
 from distcolor.precision import Precision, resolve_precision
-from distcolor.step import GANStep
 
 
 def device_name(device: torch.device) -> str:
@@ -110,7 +110,7 @@ def main() -> None:
     device = accelerator.device
     generator, discriminator = build_models(cfg.model, seed=0)
     precision = Precision(resolve_precision(cfg.train.mixed_precision), device)
-    step = GANStep.build(cfg, accelerator, generator, discriminator, precision)
+    step = ddp_step(cfg, accelerator, generator, discriminator, precision)
     runs = []
     for batch in batches:
         try:

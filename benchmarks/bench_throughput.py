@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from distcolor.backends.ddp import ddp_step
 from distcolor.color import lab_inputs
 from distcolor.config import load_config
 from distcolor.data.batching import recycle_batches
@@ -27,7 +28,6 @@ from distcolor.data.shards import ensure_shards
 from distcolor.distributed import build_accelerator
 from distcolor.models import build_models
 from distcolor.precision import Precision, resolve_precision
-from distcolor.step import GANStep
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -59,7 +59,7 @@ def train_rate(shards, cfg, steps: int) -> float:
     accelerator = build_accelerator(cfg)
     g, d = build_models(cfg.model, seed=0)
     precision = Precision(resolve_precision(cfg.train.mixed_precision), accelerator.device)
-    step = GANStep.build(cfg, accelerator, g, d, precision)
+    step = ddp_step(cfg, accelerator, g, d, precision)
     it = recycle_batches(default_loader(shards, cfg, cfg.data.num_workers))
     device = accelerator.device
     for _ in range(3):  # warm-up

@@ -23,10 +23,20 @@ from pathlib import Path
 import torch
 
 from distcolor.checkpoint import load_failure
-from distcolor.deepspeed_step import DS_TAG, import_deepspeed
 from distcolor.errors import UserError, first_line
 
+DS_TAG = "engine"  # the tag of each engine's checkpoint inside a step folder
 BACKEND_KEY = "backend"  # in state.pt: "deepspeed" for these checkpoints
+
+
+def import_deepspeed():
+    try:
+        import deepspeed
+    except ImportError as err:
+        raise UserError(
+            f"train.backend=deepspeed needs DeepSpeed: pip install -e '.[deepspeed]' ({err})"
+        ) from None
+    return deepspeed
 
 
 def is_deepspeed_checkpoint(state: dict) -> bool:

@@ -15,7 +15,6 @@ import json
 import subprocess
 import time
 from collections.abc import Iterable
-from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
 
@@ -26,16 +25,12 @@ from torch import nn
 
 from distcolor import __version__
 from distcolor.async_checkpoint import CheckpointWriter
+from distcolor.backends import backend_class, build_backend, join_process_group
 from distcolor.checkpoint import (
-    STATE,
-    begin_checkpoint,
-    finish_checkpoint,
     is_complete,
     latest_checkpoint,
     list_checkpoints,
-    load_parts,
     restore,
-    staging_path,
 )
 from distcolor.color import lab_inputs
 from distcolor.config import Config, config_to_yaml
@@ -63,11 +58,11 @@ from distcolor.lottery import LotteryTicket
 from distcolor.models import build_models, count_parameters, init_seed
 from distcolor.monitor import log_monitoring
 from distcolor.optim import set_learning_rates
-from distcolor.precision import DTYPES, Precision, resolve_precision
+from distcolor.precision import Precision
 from distcolor.preemption import StopRequest
 from distcolor.preflight import check_image_size, check_memory, check_resume_step, check_run_paths
-from distcolor.step import GANStep
 from distcolor.tracking import Tracker, sample_grid, trim_metrics
+from distcolor.train.gan_step import GANStep
 
 SAMPLE_IMAGES = 8  # columns of the sample grid
 
@@ -187,15 +182,12 @@ def _train(cfg: Config, *, resume: bool | str | None, batches: Iterable[dict] | 
     run_dir, ckpt_dir = cfg.run_dir, cfg.run_dir / "checkpoints"
     candidates = _resume_candidates(resume, ckpt_dir)
     accelerator = build_accelerator(cfg)
-    backend = resolve_backend(cfg.train.backend)
-    if backend == "deepspeed":
-        from distcolor import deepspeed_step as ds
-
-        ds.init_distributed(accelerator.device, cfg.train.collective_timeout_s)
+    backend_name = resolve_backend(cfg.train.backend)
+    join_process_group(backend_name, accelerator, cfg)
     rank, world = rank_and_world(accelerator)
     is_main = accelerator.is_main_process
     log = print if is_main else (lambda *_: None)
-    _check_resources(cfg, accelerator.device, world=world, backend=backend)
+    _check_resources(cfg, accelerator.device, world=world, backend=backend_name)
 
     manifest = _prepare_data(accelerator, cfg, log)
     folder = Path(cfg.data.shards)
@@ -215,10 +207,8 @@ def _train(cfg: Config, *, resume: bool | str | None, batches: Iterable[dict] | 
     requeued, resume = resume == "auto", bool(candidates)
     if resume:
         state, ckpt_path = restore(candidates, models={}, log=log)
-        changed = _check_resumable(state, cfg, log, backend=backend, world=world)
+        changed = _check_resumable(state, cfg, log, backend=backend_name, world=world)
         check_resume_step(state, cfg, requeued=requeued, log=log)
-        if backend == "ddp":  # DeepSpeed's engines load their own part once they exist
-            load_parts(state, {"G": generator, "D": discriminator}, ckpt_path, changed)
         _restore_rng(state, rank, world)
         seed = state.get("init_seed", seed)  # the seed that made these weights
         start_step = int(state["step"])
@@ -242,46 +232,15 @@ def _train(cfg: Config, *, resume: bool | str | None, batches: Iterable[dict] | 
     ema = None
     if tc.ema_half_life is not None:  # a float32 copy, made before DeepSpeed casts G
         ema = GeneratorEMA(generator, half_life=tc.ema_half_life, rampup=tc.ema_rampup)
-    if backend == "deepspeed":
-        step_fn, mode = ds.DeepSpeedGANStep.build(
-            cfg, generator, discriminator, world=world, precision=_chosen_precision(tc)
-        )
-        precision = Precision(mode, accelerator.device)
-        engines = {"G": step_fn.G, "D": step_fn.D}
-        if resume:
-            from distcolor.deepspeed_checkpoint import load_engines
-
-            load_engines(engines, ckpt_path)
-        plain_generator, plain_discriminator = step_fn.G.module, step_fn.D.module
-    else:
-        precision = Precision(resolve_precision(tc.mixed_precision), accelerator.device)
-        step_fn = GANStep.build(cfg, accelerator, generator, discriminator, precision)
-        if resume:
-            load_parts(state, {"steps": step_fn}, ckpt_path)
-        # For rank-local forwards (samples, evaluation) that must not run DDP's collectives.
-        plain_generator = accelerator.unwrap_model(step_fn.G)
-        plain_discriminator = accelerator.unwrap_model(step_fn.D)
-    generator, discriminator = step_fn.G, step_fn.D
+    backend = build_backend(
+        backend_name, cfg, accelerator, generator, discriminator, world=world, seed=seed
+    )
+    if resume:
+        backend.load(state, ckpt_path, changed)
+    step_fn, precision = backend.step, backend.precision
     if ema is not None:  # copied from G before the step moved G to the device
         ema.module.to(accelerator.device)
     opt_g, opt_d = step_fn.optimizers
-    # Whole weights for the EMA: a no-op except under ZeRO-3 (a collective there).
-    gathered = ds.gathered if backend == "deepspeed" else _no_gather
-    if backend == "deepspeed":
-        # DeepSpeed's modules are bf16/fp16 and, under ZeRO-3, partitioned with collective
-        # forward hooks: rank-local work (samples, probes, evaluation) runs on float32
-        # copies refreshed from the master weights (a collective, when that work is due).
-        local_g, local_d = (m.to(accelerator.device) for m in build_models(cfg.model, seed=seed))
-        g_net, d_net = step_fn.update_g.network, step_fn.update_d.network
-
-        def refresh() -> None:
-            local_g.load_state_dict(g_net.snapshot())
-            local_d.load_state_dict(d_net.snapshot())
-    else:
-        local_g, local_d = plain_generator, plain_discriminator
-
-        def refresh() -> None:
-            pass
 
     if is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -290,17 +249,12 @@ def _train(cfg: Config, *, resume: bool | str | None, batches: Iterable[dict] | 
         if resume:
             trim_metrics(run_dir, start_step)
 
-    networks = (
-        (step_fn.update_g.network, step_fn.update_d.network)
-        if backend == "deepspeed"
-        else (plain_generator, plain_discriminator)
-    )
-    ticket = _lottery_ticket(cfg, *networks, step_fn, state if resume else None)
+    ticket = _lottery_ticket(cfg, *backend.pruning_networks(), step_fn, state if resume else None)
     if ema is not None and resume:
-        with gathered(plain_generator):
-            _resume_ema(ema, state, plain_generator, log)
+        with backend.gathered(backend.generator):
+            _resume_ema(ema, state, backend.generator, log)
     # Samples and evaluation use the averaged generator when there is one.
-    sampler = ema.module if ema is not None else local_g
+    sampler = ema.module if ema is not None else backend.local_g
     peak = peak_flops(accelerator.device, precision.mode, tc.peak_flops)
     loader = (
         batches
@@ -335,12 +289,19 @@ def _train(cfg: Config, *, resume: bool | str | None, batches: Iterable[dict] | 
 
     device = accelerator.device
     version = code_version()
-    replicas = {"G": plain_generator, "D": plain_discriminator}
-    histogrammed = {"G": local_g, "D": local_d}
+    replicas = {"G": backend.generator, "D": backend.discriminator}
+    histogrammed = {"G": backend.local_g, "D": backend.local_d}
     if ema is not None:
         replicas["G_ema"] = histogrammed["G_ema"] = ema.module
     probe = partial(
-        _probe_losses, local_g, local_d, step_fn.objective, fixed, device, precision, refresh
+        _probe_losses,
+        backend.local_g,
+        backend.local_d,
+        step_fn.objective,
+        fixed,
+        device,
+        precision,
+        backend.refresh,
     )
     held_out = None
     if tc.eval_images > 0 and test_shards:
@@ -389,9 +350,9 @@ def _train(cfg: Config, *, resume: bool | str | None, batches: Iterable[dict] | 
             metrics = step_fn(micro)
             if ema is not None:
                 restart = ticket.ema_restart_step() if ticket is not None else 0
-                with gathered(plain_generator):
+                with backend.gathered(backend.generator):
                     ema.update(
-                        plain_generator,
+                        backend.generator,
                         images_seen=(step - 1 - restart) * step_images,
                         step_images=step_images,
                     )
@@ -457,7 +418,7 @@ def _train(cfg: Config, *, resume: bool | str | None, batches: Iterable[dict] | 
             sample_due = step % tc.sample_every == 0 or last
             hist_due = step % tc.hist_every == 0 or last
             if sample_due or hist_due:
-                refresh()
+                backend.refresh()
             if is_main and fixed is not None and sample_due:
                 tracker.log_samples(step, _samples(sampler, fixed, device))
             if is_main and fixed is not None and hist_due:
@@ -468,7 +429,7 @@ def _train(cfg: Config, *, resume: bool | str | None, batches: Iterable[dict] | 
                 )
 
             if held_out is not None and tc.eval_every and step % tc.eval_every == 0 and not last:
-                refresh()
+                backend.refresh()
                 _evaluate(held_out, sampler, tracker, step)
 
             stop = stop_request.agreed(device)
@@ -477,14 +438,14 @@ def _train(cfg: Config, *, resume: bool | str | None, batches: Iterable[dict] | 
                 # after every rank has checked it holds the same weights (collectives).
                 check_replicas(replicas, step=step, device=device)
                 per_rank = gather_object([{"loader": positions.state_dict(), "rng": _rng_state()}])
-                nets = [plain_generator, plain_discriminator] + ([ema.module] if ema else [])
+                nets = [backend.generator, backend.discriminator] + ([ema.module] if ema else [])
                 state = {
                     "step": step,
                     "init_seed": seed,
-                    "backend": backend,
+                    "backend": backend.name,
                     "G_ema": ema.state_dict() if ema is not None else None,
                     "prune": ticket.state_dict() if ticket is not None else None,
-                    "steps": step_fn.state_dict(),
+                    "steps": backend.state_dict(),
                     "loader": [r["loader"] for r in per_rank],
                     "rng": [r["rng"] for r in per_rank],
                     "config": cfg.model_dump(mode="json"),
@@ -496,16 +457,8 @@ def _train(cfg: Config, *, resume: bool | str | None, batches: Iterable[dict] | 
                 # skipped; never let such a state replace a good checkpoint.
                 if not _all_finite(accelerator, nets):
                     log(f"warning: step {step}: non-finite weights or statistics; not saved")
-                elif backend == "deepspeed":
-                    _save_deepspeed(accelerator, engines, state, ckpt_dir, step=step, tc=tc)
-                elif is_main:
-                    state["G"] = plain_generator.state_dict()
-                    state["D"] = plain_discriminator.state_dict()
-                    # train.async_checkpoint: a host-memory snapshot now, written by a
-                    # thread (after the previous write); a stop waits until it is in place.
-                    checkpoints.save(state, step=step)
-                    if stop:
-                        checkpoints.wait()
+                else:
+                    backend.save(state, ckpt_dir=ckpt_dir, step=step, writer=checkpoints, wait=stop)
                 accelerator.wait_for_everyone()
             if stop:
                 stopped_at = step
@@ -523,14 +476,12 @@ def _train(cfg: Config, *, resume: bool | str | None, batches: Iterable[dict] | 
         if stopped_at is not None:
             result["stopped_by_signal"] = True
         elif held_out is not None:
-            refresh()
+            backend.refresh()
             result.update(_evaluate(held_out, sampler, tracker, tc.max_steps))
     if is_main and stopped_at is None:
         _report(run_dir, result)
-    if backend == "deepspeed":
-        for engine in (step_fn.G, step_fn.D):
-            engine.destroy()
-    del batches, loader, step_fn, generator, discriminator, opt_g, opt_d
+    backend.close()
+    del batches, loader, step_fn, backend, generator, discriminator, opt_g, opt_d
     shutdown(accelerator)
     return result
 
@@ -677,37 +628,6 @@ def _all_finite(accelerator: Accelerator, modules: list[nn.Module]) -> bool:
     return accelerator.reduce(bad, "sum").item() == 0
 
 
-def _no_gather(*_modules):
-    return nullcontext()
-
-
-def _chosen_precision(tc) -> str | None:
-    """train.mixed_precision, else `accelerate launch --mixed_precision`'s bf16/fp16, else
-    None (a DeepSpeed file may then choose)."""
-    if tc.mixed_precision is not None:
-        return tc.mixed_precision
-    launched = resolve_precision(None)
-    return launched if launched in DTYPES else None
-
-
-def _save_deepspeed(accelerator, engines: dict, state: dict, ckpt_dir: Path, *, step, tc) -> None:
-    """Every rank writes its engine shards into the staging folder; rank 0 adds state.pt,
-    the marker and the rename (collective)."""
-    from distcolor.deepspeed_checkpoint import save_engines
-
-    tmp = staging_path(ckpt_dir, step)
-    if accelerator.is_main_process:
-        begin_checkpoint(ckpt_dir, step)
-    accelerator.wait_for_everyone()
-    save_engines(engines, tmp)
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        torch.save(state, tmp / STATE)
-        finish_checkpoint(
-            tmp, ckpt_dir, step=step, keep_last=tc.keep_last, keep_every=tc.keep_every
-        )
-
-
 def _diverged_message(step: int, bad: int, ckpt_dir: Path) -> str:
     last = latest_checkpoint(ckpt_dir)
     where = f"the last good checkpoint is {last}" if last else "no checkpoint was written yet"
@@ -730,18 +650,7 @@ def _check_resumable(state: dict, cfg: Config, log, *, backend: str, world: int)
     (activations, dropout, norms without weights: the saved weights still load). Returns
     those changes (`key old -> new`), for the error if the weights then do not fit."""
     saved = state.get("config", {})
-    before = state.get("backend", "ddp")
-    if before != backend:
-        raise UserError(
-            f"--resume: the checkpoint was written by train.backend={before}; this run uses "
-            f"{backend} (their checkpoints differ: resume with {before}, or start a new run "
-            "from an export)"
-        )
-    if backend == "deepspeed" and state.get("world_size") != world:
-        raise UserError(
-            f"--resume: the DeepSpeed checkpoint was written by {state.get('world_size')} "
-            f"processes; ZeRO shards resume on the same number (this run has {world})"
-        )
+    backend_class(backend).check_resumable(state, world=world)
     before = saved.get("train", {}).get("optimizer", cfg.train.optimizer)
     if before != cfg.train.optimizer:
         raise UserError(

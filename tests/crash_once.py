@@ -31,7 +31,7 @@ def main() -> None:
     first_attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"
     rank = int(os.environ.get("RANK", "0"))
     if first_attempt and rank == args.crash_rank:
-        from distcolor.step import GANStep
+        from distcolor.train.gan_step import GANStep
 
         original = GANStep.__call__
         calls = 0

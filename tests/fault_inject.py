@@ -115,7 +115,7 @@ def main() -> None:
 
     step_faults = (args.step_raise, args.step_kill, args.step_hang, args.step_slow)
     if any(f is not None for f in step_faults):
-        from distcolor.step import GANStep
+        from distcolor.train.gan_step import GANStep
 
         original_call = GANStep.__call__
         calls = {"n": 0}

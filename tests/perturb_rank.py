@@ -15,7 +15,7 @@ import sys
 
 import torch
 
-from distcolor.step import GANStep
+from distcolor.train.gan_step import GANStep
 
 
 def main() -> None:
@@ -26,7 +26,7 @@ def main() -> None:
         metrics = original(self, micro_batches)
         calls["n"] += 1
         if calls["n"] == int(bad_step) and int(os.environ["RANK"]) == int(bad_rank):
-            weight = next(self.accelerator.unwrap_model(self.G).parameters())
+            weight = next(self.update_g.module.parameters())
             with torch.no_grad():
                 weight.view(-1)[0] = torch.nextafter(weight.view(-1)[0], torch.tensor(9.0))
         return metrics

@@ -12,9 +12,9 @@ import pytest
 import torch
 from torch._dynamo.utils import counters
 
+from distcolor.backends.deepspeed import deepspeed_step
 from distcolor.checkpoint import latest_checkpoint, load_checkpoint
 from distcolor.config import load_config
-from distcolor.deepspeed_step import DeepSpeedGANStep
 from distcolor.errors import ConfigError, UserError
 from distcolor.models import build_models
 from distcolor.trainer import train
@@ -87,4 +87,4 @@ def test_compile_with_deepspeed_is_one_line(tmp_path):
     cfg = load_config(None, ["train.compile=true"])
     g, d = build_models(cfg.model, seed=0)
     with pytest.raises(UserError, match=r"^train.compile: not supported with .*deepspeed"):
-        DeepSpeedGANStep.build(cfg, g, d, world=1, precision=None)
+        deepspeed_step(cfg, g, d, world=1, precision=None)

@@ -47,12 +47,13 @@ from accelerate import Accelerator
 from PIL import Image
 from torch import nn
 
+from distcolor.backends.ddp import ddp_step
 from distcolor.color import lab_inputs
 from distcolor.config import load_config
 from distcolor.models import build_models
 from distcolor.precision import DTYPES, Precision
 from distcolor.pruning import Masks, alive_after, prunable_weights
-from distcolor.step import GANStep
+from distcolor.train.gan_step import GANStep
 from tests.conftest import reset_accelerate, tiny_overrides
 
 ON_CPU = os.environ.get("DISTCOLOR_GPU_TESTS_ON_CPU") == "1"
@@ -83,7 +84,7 @@ def make_step(device: torch.device, precision: str = "no", *overrides: str) -> G
     cfg = load_config(None, [*SMALL, *overrides])
     accelerator = Accelerator(cpu=device.type == "cpu")
     g, d = build_models(cfg.model, seed=0)
-    return GANStep.build(cfg, accelerator, g, d, Precision(precision, accelerator.device))
+    return ddp_step(cfg, accelerator, g, d, Precision(precision, accelerator.device))
 
 
 def batch(device: torch.device, seed: int = 0, n: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
@@ -110,7 +111,7 @@ def test_mixed_precision_steps_run_on_the_device_with_one_scaler_per_network(dev
     step = make_step(device, precision)
     assert {p.device.type for net in (step.G, step.D) for p in net.parameters()} == {device.type}
     probe = copy.deepcopy(step.G).eval()
-    with torch.no_grad(), step.precision.autocast():
+    with torch.no_grad(), step.autocast():
         assert probe(batch(device)[0]).dtype == DTYPES[precision]  # autocast on this device
     stepped = {"G": 0, "D": 0}
     for n in range(12):  # fp16 starts at 2**16, which may overflow: the scaler backs off

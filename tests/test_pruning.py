@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+from distcolor.backends.ddp import NetworkUpdate
 from distcolor.config import ConfigError, PruneConfig, load_config
 from distcolor.ema import GeneratorEMA
 from distcolor.errors import UserError
@@ -22,7 +23,6 @@ from distcolor.pruning import (
     masks_fingerprint,
     prunable_weights,
 )
-from distcolor.step import NetworkUpdate
 from tests.test_distributed import torchrun
 
 

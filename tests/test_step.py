@@ -8,10 +8,10 @@ import torch
 from accelerate import Accelerator
 from torch import nn
 
+from distcolor.backends.ddp import NetworkUpdate, ddp_step
 from distcolor.config import load_config
 from distcolor.models import build_models
 from distcolor.precision import Precision, resolve_precision
-from distcolor.step import GANStep, NetworkUpdate
 
 SMALL = ["model.generator.width=4", "model.generator.depth=5", "model.discriminator.width=4"]
 
@@ -20,7 +20,7 @@ def make_step(*overrides, precision="no"):
     cfg = load_config(None, [*SMALL, *overrides])
     accelerator = Accelerator(cpu=True)
     g, d = build_models(cfg.model, seed=0)
-    return GANStep.build(cfg, accelerator, g, d, Precision(precision, accelerator.device))
+    return ddp_step(cfg, accelerator, g, d, Precision(precision, accelerator.device))
 
 
 def batch(n=4, seed=0):

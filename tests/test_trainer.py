@@ -12,13 +12,13 @@ import yaml
 from PIL import Image
 
 from distcolor import trainer as trainer_module
+from distcolor.backends.ddp import ddp_step
 from distcolor.checkpoint import latest_checkpoint, load_checkpoint
 from distcolor.config import load_config
 from distcolor.distributed import build_accelerator
 from distcolor.errors import UserError
 from distcolor.models import build_models
 from distcolor.precision import Precision
-from distcolor.step import GANStep
 from distcolor.trainer import train
 from tests.conftest import reset_accelerate, tiny_overrides
 from tests.helpers import TRAINING_STATE, assert_bitwise_equal, run_script
@@ -40,7 +40,7 @@ def test_one_step_changes_both_models():
     g, d = build_models(cfg.model, seed=0)
     before_g = [p.detach().clone() for p in g.parameters()]
     before_d = [p.detach().clone() for p in d.parameters()]
-    step = GANStep.build(cfg, accelerator, g, d, Precision("no", accelerator.device))
+    step = ddp_step(cfg, accelerator, g, d, Precision("no", accelerator.device))
     losses = step([(torch.rand(4, 1, 32, 32) * 2 - 1, torch.rand(4, 2, 32, 32) - 0.5)])
     assert all(torch.isfinite(v) for v in losses.values())
     changed_g = [not torch.equal(a, b) for a, b in zip(before_g, g.parameters(), strict=True)]
@@ -481,7 +481,9 @@ def test_sync_batchnorm_converts_both_networks_and_keeps_checkpoints_compatible(
     tmp_path, tiny_shards, monkeypatch
 ):
     seen = {}
-    real = trainer_module.GANStep.build
+    from distcolor.backends import ddp as ddp_module
+
+    real = ddp_module.ddp_step
 
     def spy(cfg, accelerator, generator, discriminator, precision):
         seen["norms"] = {
@@ -489,7 +491,7 @@ def test_sync_batchnorm_converts_both_networks_and_keeps_checkpoints_compatible(
         }
         return real(cfg, accelerator, generator, discriminator, precision)
 
-    monkeypatch.setattr(trainer_module.GANStep, "build", spy)
+    monkeypatch.setattr(ddp_module, "ddp_step", spy)
     extra = {"model.sync_batchnorm": "true", "train.eval_images": 0, "train.max_steps": 2}
     cfg = load_config(None, tiny_overrides(tmp_path, tiny_shards, **extra))
     train(cfg)

@@ -1,0 +1,1 @@
+"""Training: the loop, the GAN step and what they are built from."""
