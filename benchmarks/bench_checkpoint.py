@@ -48,7 +48,8 @@ from distcolor.ema import GeneratorEMA
 from distcolor.lottery import LotteryTicket
 from distcolor.models import build_models
 from distcolor.precision import Precision, resolve_precision
-from distcolor.trainer import code_version, data_order
+from distcolor.train.checkpointing import code_version
+from distcolor.train.resume import data_order
 
 PAPER = DEFAULT_CONFIG.parent / "paper.yaml"
 

@@ -313,7 +313,7 @@ def run_trainer(
 ) -> dict:
     """One full `train()`; with `interleave`, a bare step on a separate copy of the networks
     runs (and is timed) inside each batch request, just before the trainer's step."""
-    from distcolor.trainer import train
+    from distcolor.train.loop import train
 
     device = train_device()
     bare = BareLoop(cfg, device) if interleave else None

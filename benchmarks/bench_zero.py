@@ -42,7 +42,7 @@ def worker(out: str, config: str, overrides: list[str]) -> None:
     import torch
 
     from distcolor.config import load_config
-    from distcolor.trainer import train
+    from distcolor.train.loop import train
 
     cfg = load_config(config, overrides)
     size, batch = cfg.data.image_size, cfg.data.batch_size

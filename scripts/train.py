@@ -32,7 +32,7 @@ def main() -> None:
     if args.dry_run:
         print(config_to_yaml(cfg), end="")
         return
-    from distcolor.trainer import train  # heavy imports only when training
+    from distcolor.train.loop import train  # heavy imports only when training
 
     train(cfg, resume=args.resume)
 

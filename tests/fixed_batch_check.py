@@ -18,7 +18,7 @@ from pathlib import Path
 from distcolor.config import load_config
 from distcolor.data.catalog import read_manifest, shard_list
 from distcolor.data.loader import build_train_loader
-from distcolor.trainer import train
+from distcolor.train.loop import train
 
 
 def main() -> None:

@@ -28,7 +28,7 @@ from distcolor.checkpoint import (
 )
 from distcolor.config import load_config
 from distcolor.errors import UserError
-from distcolor.trainer import train
+from distcolor.train.loop import train
 from tests.conftest import reset_accelerate, tiny_overrides
 from tests.helpers import TRAINING_STATE, assert_bitwise_equal, copy_stopped_at, run_script
 

@@ -33,7 +33,7 @@ from distcolor.export import export_generator
 from distcolor.inference import Colorizer
 from distcolor.models.build import build_generator
 from distcolor.photos import Unreadable, read_photo
-from distcolor.trainer import train
+from distcolor.train.loop import train
 from distcolor.weights import load_generator
 from tests.conftest import tiny_overrides
 from tests.helpers import assert_bitwise_equal, run_script

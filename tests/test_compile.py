@@ -17,7 +17,7 @@ from distcolor.checkpoint import latest_checkpoint, load_checkpoint
 from distcolor.config import load_config
 from distcolor.errors import ConfigError, UserError
 from distcolor.models import build_models
-from distcolor.trainer import train
+from distcolor.train.loop import train
 from tests.conftest import reset_accelerate, tiny_overrides
 
 COMPILED = {"train.compile": "true", "train.compile_backend": "aot_eager"}

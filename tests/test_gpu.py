@@ -550,7 +550,7 @@ def test_trainer_in_bf16_and_fp16_on_the_device_saves_a_scaler_per_network(
     device, tmp_path, tiny_shards
 ):
     from distcolor.checkpoint import latest_checkpoint, load_checkpoint
-    from distcolor.trainer import train
+    from distcolor.train.loop import train
 
     for precision in ("bf16", "fp16"):
         extra = {
@@ -575,11 +575,12 @@ def test_trainer_in_bf16_and_fp16_on_the_device_saves_a_scaler_per_network(
 
 def test_ema_and_evaluation_run_on_the_device(device, tmp_path, tiny_shards, monkeypatch):
     from distcolor import evaluation as evaluation_module
-    from distcolor import trainer as trainer_module
     from distcolor.checkpoint import latest_checkpoint, load_checkpoint
     from distcolor.data.catalog import read_manifest, shard_list
     from distcolor.data.loader import build_eval_loader
     from distcolor.ema import GeneratorEMA
+    from distcolor.train import setup as setup_module
+    from distcolor.train.loop import train
 
     made, evaluated = [], []
 
@@ -594,7 +595,7 @@ def test_ema_and_evaluation_run_on_the_device(device, tmp_path, tiny_shards, mon
         evaluated.append((generator, {p.device.type for p in generator.parameters()}))
         return real_evaluate(generator, *args, **kwargs)
 
-    monkeypatch.setattr(trainer_module, "GeneratorEMA", RecordedEMA)
+    monkeypatch.setattr(setup_module, "GeneratorEMA", RecordedEMA)
     monkeypatch.setattr(evaluation_module, "evaluate", recorded_evaluate)
     extra = {
         "train.ema_half_life": 100,
@@ -603,7 +604,7 @@ def test_ema_and_evaluation_run_on_the_device(device, tmp_path, tiny_shards, mon
         "train.max_steps": 3,
     }
     cfg = load_config(None, tiny_overrides(tmp_path, tiny_shards, **extra))
-    result = trainer_module.train(cfg)
+    result = train(cfg)
     (ema,) = made
     assert {p.device.type for p in ema.module.parameters()} == {device.type}, "EMA off the device"
     assert len(evaluated) == 2  # at step 2 (train.eval_every) and at the end

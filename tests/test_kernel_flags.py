@@ -6,7 +6,7 @@ import torch
 
 from distcolor.config import load_config
 from distcolor.distributed import set_kernel_flags
-from distcolor.trainer import train
+from distcolor.train.loop import train
 from tests.conftest import reset_accelerate, tiny_overrides
 
 

@@ -94,7 +94,7 @@ def test_a_second_trainer_is_refused_before_it_writes_anything(tmp_path):
     (run / "config.yaml").write_text("the first trainer's config\n")
     holder, _ = hold(run, "run")
     try:
-        from distcolor.trainer import train
+        from distcolor.train.loop import train
 
         with pytest.raises(UserError) as err:
             train(cfg)

@@ -11,7 +11,6 @@ import torch
 import yaml
 from PIL import Image
 
-from distcolor import trainer as trainer_module
 from distcolor.backends.ddp import ddp_step
 from distcolor.checkpoint import latest_checkpoint, load_checkpoint
 from distcolor.config import load_config
@@ -19,7 +18,9 @@ from distcolor.distributed import build_accelerator
 from distcolor.errors import UserError
 from distcolor.models import build_models
 from distcolor.precision import Precision
-from distcolor.trainer import train
+from distcolor.train import loop as loop_module
+from distcolor.train import telemetry as telemetry_module
+from distcolor.train.loop import train
 from tests.conftest import reset_accelerate, tiny_overrides
 from tests.helpers import TRAINING_STATE, assert_bitwise_equal, run_script
 
@@ -303,13 +304,13 @@ def test_evaluation_and_samples_use_the_averaged_generator(tmp_path, tiny_shards
         ),
     )
     sampled = []
-    real_samples = trainer_module._samples
+    real_samples = telemetry_module.draw_samples
 
     def spy(generator, batch, device):
         sampled.append(generator)
         return real_samples(generator, batch, device)
 
-    monkeypatch.setattr(trainer_module, "_samples", spy)
+    monkeypatch.setattr(telemetry_module, "draw_samples", spy)
     result = train(cfg)
     state = load_checkpoint(latest_checkpoint(cfg.run_dir / "checkpoints"))
     shards = shard_list(tiny_shards, read_manifest(tiny_shards), "test")
@@ -414,7 +415,7 @@ def test_mixed_precision_runs_train_and_save_per_network_scalers(tmp_path, tiny_
 def test_consecutive_non_finite_steps_stop_with_the_last_good_checkpoint(
     tmp_path, tiny_shards, monkeypatch
 ):
-    real = trainer_module.lab_inputs
+    real = loop_module.lab_inputs
     calls = {"n": 0}
 
     def poisoned_after_step_2(batch, device):
@@ -422,7 +423,7 @@ def test_consecutive_non_finite_steps_stop_with_the_last_good_checkpoint(
         lightness, chroma = real(batch, device)
         return (lightness * float("nan"), chroma) if calls["n"] > 2 else (lightness, chroma)
 
-    monkeypatch.setattr(trainer_module, "lab_inputs", poisoned_after_step_2)
+    monkeypatch.setattr(loop_module, "lab_inputs", poisoned_after_step_2)
     extra = {"train.max_steps": 20, "train.max_bad_steps": 3, "train.ckpt_every": 1}
     cfg = load_config(None, tiny_overrides(tmp_path, tiny_shards, **extra))
     with pytest.raises(UserError, match=r"^training diverged: 3 consecutive steps \(to step 5\)"):
