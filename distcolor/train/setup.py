@@ -36,6 +36,7 @@ from distcolor.preflight import check_image_size, check_memory
 from distcolor.tracking import Tracker, trim_metrics
 from distcolor.train.checkpointing import code_version
 from distcolor.train.resume import (
+    Resume,
     loader_positions,
     read_resume,
     restore_rng,
@@ -116,17 +117,7 @@ def set_up(cfg: Config, *, resume, batches: Iterable[dict] | None) -> TrainingRu
     join_process_group(backend_name, accelerator, cfg)
     rank, world = rank_and_world(accelerator)
     log = print if accelerator.is_main_process else (lambda *_: None)
-    # Before data is built or a weight allocated: data.image_size within reach of the
-    # shards, one step's memory within what the device has, and the checkpoint to resume.
-    check_image_size(cfg)
-    check_memory(cfg, accelerator.device, world=world, backend=backend_name)
-    if resume == "auto" and not candidates:
-        log(f"--resume auto: no checkpoint in {ckpt_dir} yet; starting the run")
-    restored = None
-    if candidates:
-        restored = read_resume(
-            candidates, cfg, log, backend=backend_name, world=world, requeued=resume == "auto"
-        )
+    restored = _preflight(cfg, accelerator, backend_name, world, resume, candidates, log)
 
     train_shards, test_shards = _shards(accelerator, cfg, log)
     seed = init_seed(cfg)  # the same initial weights on every rank
@@ -168,43 +159,18 @@ def set_up(cfg: Config, *, resume, batches: Iterable[dict] | None) -> TrainingRu
     fixed = _fixed_batch(cfg, test_shards or train_shards) if accelerator.is_main_process else None
     version = code_version()
     probe = partial(
-        probe_losses,
-        backend.local_g,
-        backend.local_d,
-        backend.step.objective,
-        fixed,
-        accelerator.device,
-        backend.precision,
-        backend.refresh,
-    )
-    held_out = None
-    if tc.eval_images > 0 and test_shards:
-        held_out = HeldOut(
-            test_shards,
-            train_shards,
-            image_size=data.image_size,
-            batch_size=data.batch_size,
-            num_workers=min(data.num_workers, 2),
-            rank=rank,
-            world=world,
-            images=tc.eval_images,
-            mean_images=tc.eval_mean_images,
-            device=accelerator.device,
-            reduce=partial(accelerator.reduce, reduction="sum"),
-        )
+        probe_losses, backend.local_g, backend.local_d, backend.step.objective, fixed,
+        accelerator.device, backend.precision, backend.refresh,
+    )  # fmt: skip
+    held_out = _held_out(cfg, accelerator, train_shards, test_shards, rank=rank, world=world)
     tracker = Tracker(
-        cfg.run_dir,
-        enabled=accelerator.is_main_process,
-        total_steps=tc.max_steps,
+        cfg.run_dir, enabled=accelerator.is_main_process, total_steps=tc.max_steps,
         start_step=start_step,
-    )
+    )  # fmt: skip
     checkpoints = CheckpointWriter(  # leaving its block waits for its last write
-        ckpt_dir,
-        keep_last=tc.keep_last,
-        keep_every=tc.keep_every,
-        background=tc.async_checkpoint,
-        log=log,
-    )
+        ckpt_dir, keep_last=tc.keep_last, keep_every=tc.keep_every,
+        background=tc.async_checkpoint, log=log,
+    )  # fmt: skip
     return TrainingRun(
         cfg=cfg,
         accelerator=accelerator,
@@ -228,6 +194,24 @@ def set_up(cfg: Config, *, resume, batches: Iterable[dict] | None) -> TrainingRu
         tracker=tracker,
         checkpoints=checkpoints,
         version=version,
+    )
+
+
+def _preflight(
+    cfg: Config, accelerator: Accelerator, backend: str, world: int, resume, candidates, log
+) -> Resume | None:
+    """Before data is built or a weight allocated: data.image_size within reach of the
+    shards, one step's memory within what the device has, and the checkpoint to resume
+    (read and checked), if any."""
+    check_image_size(cfg)
+    check_memory(cfg, accelerator.device, world=world, backend=backend)
+    if resume == "auto" and not candidates:
+        ckpt_dir = cfg.run_dir / "checkpoints"
+        log(f"--resume auto: no checkpoint in {ckpt_dir} yet; starting the run")
+    if not candidates:
+        return None
+    return read_resume(
+        candidates, cfg, log, backend=backend, world=world, requeued=resume == "auto"
     )
 
 
@@ -309,6 +293,26 @@ def _train_loader(cfg: Config, shards: list[Shard], positions: LoaderState, *, r
         sampling=data.sampling,
         source_weights=data.source_weights,
         state=positions.state_dict(),
+    )
+
+
+def _held_out(cfg: Config, accelerator: Accelerator, train_shards, test_shards, *, rank, world):
+    """The held-out evaluation (train.eval_images test images over all ranks), if any."""
+    tc, data = cfg.train, cfg.data
+    if tc.eval_images <= 0 or not test_shards:
+        return None
+    return HeldOut(
+        test_shards,
+        train_shards,
+        image_size=data.image_size,
+        batch_size=data.batch_size,
+        num_workers=min(data.num_workers, 2),
+        rank=rank,
+        world=world,
+        images=tc.eval_images,
+        mean_images=tc.eval_mean_images,
+        device=accelerator.device,
+        reduce=partial(accelerator.reduce, reduction="sum"),
     )
 
 
