@@ -38,17 +38,17 @@ from pathlib import Path
 
 import torch
 
-from distcolor.async_checkpoint import CheckpointWriter
 from distcolor.backends.ddp import ddp_step
+from distcolor.backends.distributed import build_accelerator
 from distcolor.checkpoint import STATE, checkpoint_path, save_checkpoint
 from distcolor.cli import DEFAULT_CONFIG, add_config_arguments, config_from_args, run_main
 from distcolor.data.loader import LoaderState
-from distcolor.distributed import build_accelerator
-from distcolor.ema import GeneratorEMA
-from distcolor.lottery import LotteryTicket
 from distcolor.models import build_models
-from distcolor.precision import Precision, resolve_precision
+from distcolor.prune.lottery import LotteryTicket
+from distcolor.train.async_checkpoint import CheckpointWriter
 from distcolor.train.checkpointing import code_version
+from distcolor.train.ema import GeneratorEMA
+from distcolor.train.precision import Precision, resolve_precision
 from distcolor.train.resume import data_order
 
 PAPER = DEFAULT_CONFIG.parent / "paper.yaml"

@@ -31,10 +31,10 @@ import torch
 from PIL import Image
 
 from distcolor.cli import DEFAULT_CONFIG
-from distcolor.colorize_files import colorize_files, plan_jobs
 from distcolor.config import load_config
 from distcolor.data.synthetic import render_scene
-from distcolor.inference import Colorizer
+from distcolor.infer.colorizer import Colorizer
+from distcolor.infer.files import colorize_files, plan_jobs
 from distcolor.models.build import build_generator
 
 MODELS = {

@@ -85,12 +85,12 @@ from distcolor.config import Config, load_config
 from distcolor.data.catalog import read_manifest, shard_list
 from distcolor.data.loader import build_train_loader
 from distcolor.data.shards import build_shards
-from distcolor.ema import GeneratorEMA
 from distcolor.errors import UserError
-from distcolor.losses import GANObjective
 from distcolor.models import build_models, count_parameters, init_seed
-from distcolor.optim import make_optimizer
-from distcolor.precision import Precision, resolve_precision
+from distcolor.train.ema import GeneratorEMA
+from distcolor.train.losses import GANObjective
+from distcolor.train.optim import make_optimizer
+from distcolor.train.precision import Precision, resolve_precision
 
 ROOT = Path(__file__).resolve().parents[1]
 DISTINCT_BATCHES = 4  # pre-built batches cycled through (in memory)

@@ -25,11 +25,11 @@ import time
 import torch
 
 from distcolor.backends.ddp import ddp_step
+from distcolor.backends.distributed import build_accelerator
 from distcolor.cli import DEFAULT_CONFIG, add_config_arguments, config_from_args, run_main
-from distcolor.distributed import build_accelerator
 from distcolor.models import build_models
-from distcolor.precision import Precision, resolve_precision
-from distcolor.pruning import Masks, alive_after, compute_global_masks, prunable_weights
+from distcolor.prune.masks import Masks, alive_after, compute_global_masks, prunable_weights
+from distcolor.train.precision import Precision, resolve_precision
 
 PAPER = DEFAULT_CONFIG.parent / "paper.yaml"
 

@@ -13,7 +13,7 @@ Random (L, ab) batches already on the device, so the model alone is measured; th
 the trainer's own (`GANStep`: DDP wrappers, the config's mixed precision, loss scalers).
 After warm-up, each step is timed on its own (with a device sync) and the median is kept.
 Prints one JSON object as its last line: images_per_s, flops_per_s (model FLOPs from
-`distcolor.flops`), mfu where the device's peak is known, and the device.
+`distcolor.models.flops`), mfu where the device's peak is known, and the device.
 """
 
 from __future__ import annotations
@@ -27,11 +27,11 @@ import time
 import torch
 
 from distcolor.backends.ddp import ddp_step
+from distcolor.backends.distributed import build_accelerator
 from distcolor.cli import add_config_arguments, config_from_args, run_main
-from distcolor.distributed import build_accelerator
-from distcolor.flops import peak_flops, step_flops
 from distcolor.models import build_models
-from distcolor.precision import Precision, resolve_precision
+from distcolor.models.flops import peak_flops, step_flops
+from distcolor.train.precision import Precision, resolve_precision
 
 
 def device_name(device: torch.device) -> str:

@@ -19,15 +19,15 @@ from pathlib import Path
 import torch
 
 from distcolor.backends.ddp import ddp_step
+from distcolor.backends.distributed import build_accelerator
 from distcolor.color import lab_inputs
 from distcolor.config import load_config
 from distcolor.data.batching import recycle_batches
 from distcolor.data.catalog import shard_list
 from distcolor.data.loader import build_train_loader
 from distcolor.data.shards import ensure_shards
-from distcolor.distributed import build_accelerator
 from distcolor.models import build_models
-from distcolor.precision import Precision, resolve_precision
+from distcolor.train.precision import Precision, resolve_precision
 
 ROOT = Path(__file__).resolve().parents[1]
 

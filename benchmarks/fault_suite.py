@@ -249,7 +249,7 @@ class Inputs:
     @property
     def export(self) -> Path:
         if self._export is None:
-            from distcolor.export import export_generator
+            from distcolor.infer.export import export_generator
 
             out = self.root / "export"
             if not (out / "generator.safetensors").exists():
@@ -546,7 +546,7 @@ def export_variant(inputs: Inputs, folder: Path, kind: str) -> Path:
     def encoded_claim():
         import torch
 
-        from distcolor.export import pack_bits
+        from distcolor.infer.export import pack_bits
 
         name = next(k for k, t in tensors.items() if t.is_floating_point() and t.numel() > 8)
         t = tensors.pop(name)

@@ -5,7 +5,7 @@
 
 Not a simulator and not a measurement: a small explicit model (docs/scaling.md has the
 formulas, the constants and their sources). From the config it takes the parameter counts
-(`count_parameters`), the FLOPs per image (`distcolor.flops.step_flops`) and, counted the
+(`count_parameters`), the FLOPs per image (`distcolor.models.flops.step_flops`) and, counted the
 same way on the meta device, when each gradient becomes ready during the two backward
 passes of distcolor's step (D's backward, then G's: distcolor/step.py). Gradients go into
 DDP's buckets in that order (1 MiB first bucket, then `--bucket-mb`, as DDP rebuilds them
@@ -39,9 +39,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from distcolor.cli import run_main
 from distcolor.config import Config, load_config
-from distcolor.flops import step_flops
-from distcolor.losses import GANObjective
 from distcolor.models import build_models, count_parameters
+from distcolor.models.flops import step_flops
+from distcolor.train.losses import GANObjective
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
@@ -49,7 +49,7 @@ MiB = 1 << 20
 
 # -- constants (docs/scaling.md gives the sources) -------------------------------------------
 
-H200_BF16_PEAK = 989.4e12  # dense bf16 tensor-core FLOP/s (data sheet; distcolor/flops.py)
+H200_BF16_PEAK = 989.4e12  # dense bf16 tensor-core FLOP/s (data sheet; distcolor/models/flops.py)
 ESTIMATE_MFU = 0.40  # the step-time estimate when nothing measured is given
 ESTIMATE_BATCH = 64  # images per GPU per step for the estimate
 GPUS_PER_NODE = 8
@@ -126,7 +126,7 @@ class Network:
 
 @dataclass(frozen=True)
 class Profile:
-    flops_per_image: float  # one D + G step (distcolor.flops.step_flops)
+    flops_per_image: float  # one D + G step (distcolor.models.flops.step_flops)
     generator_forward_flops: float  # per image; run once more per micro-batch when accumulating
     phases: dict  # per image: forward and backward of each half of the step
     G: Network

@@ -8,7 +8,7 @@ def __getattr__(name: str):
     # `distcolor.colorize(image, checkpoint=...)` for notebooks, imported on first use so
     # `import distcolor` stays light (no torch) for the scripts that only parse arguments.
     if name in ("colorize", "Colorizer"):
-        from distcolor import inference
+        from distcolor.infer import colorizer as inference
 
         return getattr(inference, name)
     raise AttributeError(f"module 'distcolor' has no attribute {name!r}")

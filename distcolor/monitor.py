@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -34,8 +34,16 @@ from distcolor.color import AB_SCALE, lab_inputs, lab_to_srgb
 # are on the same scale as --min-colorfulness and the table in distcolor/data/sources.py.
 from distcolor.data.sources import colorfulness as _colourfulness_hwc
 
-if TYPE_CHECKING:
-    from distcolor.tracking import Tracker
+
+class ScalarWriter(Protocol):
+    """What the monitors write to (distcolor.tracking's Tracker, on rank 0)."""
+
+    enabled: bool
+
+    def log_scalars(self, step: int, scalars: dict[str, float]) -> None: ...
+    def log_chroma(self, step: int, predicted_ab: torch.Tensor, real_ab: torch.Tensor) -> None: ...
+    def log_histograms(self, step: int, pairs) -> None: ...
+
 
 HISTOGRAM_BINS = 64
 """Buckets per histogram; TensorBoard re-bins for display anyway."""
@@ -222,7 +230,7 @@ def predict_chroma(
 
 
 def log_monitoring(
-    tracker: Tracker,
+    tracker: ScalarWriter,
     step: int,
     *,
     sampler: nn.Module,

@@ -23,17 +23,13 @@ import torch
 from torch.autograd.graph import saved_tensors_hooks
 
 from distcolor.config import Config
+from distcolor.data.catalog import check_crop_size, stored_size
 from distcolor.data.publish import needs_recovery
 from distcolor.errors import UserError
-from distcolor.losses import GANObjective
 from distcolor.models import build_models
 from distcolor.paths import input_folder, output_folder
-from distcolor.precision import DTYPES, resolve_precision
-
-MAX_UPSCALE = 4
-"""data.image_size may be at most this many times the shards' stored size: the loader
-resizes every image up to the crop, so beyond a few times the crops are blur, and an
-image size far beyond the data (a typo: 100000) would allocate gigabytes per image."""
+from distcolor.train.losses import GANObjective
+from distcolor.train.precision import DTYPES, resolve_precision
 
 OPTIMIZER_COPIES = 3  # gradient + two moments (Adam and AdaBelief alike) per weight
 
@@ -52,24 +48,6 @@ def check_run_paths(cfg: Config, resume: bool | str | None) -> None:
         input_folder(shards, "data.shards")
     if isinstance(resume, str) and resume not in ("auto", "latest"):
         input_folder(resume, "--resume")
-
-
-def stored_size(manifest: dict) -> int | None:
-    """The largest shorter side a shard set stores (make_shards --size), or None."""
-    settings = manifest.get("settings") if isinstance(manifest, dict) else None
-    size = settings.get("size") if isinstance(settings, dict) else None
-    return size if isinstance(size, int) and size > 0 else None
-
-
-def check_crop_size(size: int, stored: int | None, *, key: str, shards: Path | str) -> None:
-    """UserError when crops of `size` px would upscale the stored images over MAX_UPSCALE x."""
-    if stored is None or size <= MAX_UPSCALE * stored:
-        return
-    raise UserError(
-        f"{key}: {size} px crops from shards that store images of at most {stored} px "
-        f"({shards}) would upscale each {size / stored:.0f}x (at most {MAX_UPSCALE}x is "
-        f"allowed); lower {key} or build the shards larger (make_shards --size)"
-    )
 
 
 def check_image_size(cfg: Config) -> None:

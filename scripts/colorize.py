@@ -63,8 +63,8 @@ def main() -> None:
     from PIL import Image
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
-    from distcolor.colorize_files import colorize_files, plan_jobs
-    from distcolor.inference import Colorizer
+    from distcolor.infer.colorizer import Colorizer
+    from distcolor.infer.files import colorize_files, plan_jobs
     from distcolor.preflight import check_render_memory
 
     existing_path(args.checkpoint, "--checkpoint")  # before loading anything: mistakes show fast

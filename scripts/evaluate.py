@@ -49,7 +49,7 @@ def main() -> None:
     input_folder(args.shards, "--shards")
     output_folder(args.out, "--out")
 
-    from distcolor.report import summary_lines, write_report
+    from distcolor.evaluate.report import summary_lines, write_report
 
     report = write_report(
         args.checkpoint,

@@ -33,7 +33,7 @@ def main() -> None:
     args = parser.parse_args()
     existing_path(args.checkpoint, "--checkpoint")
     output_folder(args.out, "--out")
-    from distcolor.export import export_generator  # torch only once the arguments are fine
+    from distcolor.infer.export import export_generator  # torch only once the arguments are fine
 
     result = export_generator(
         args.checkpoint, args.out, weights=args.weights, overwrite=args.overwrite

@@ -17,7 +17,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_config_arguments(parser)
     cfg = config_from_args(parser.parse_args())
-    from distcolor.summary import print_summary, summarise  # torch only after the config
+    from distcolor.models.summary import print_summary, summarise  # torch only after the config
 
     summary = summarise(cfg)
     print_summary(summary)

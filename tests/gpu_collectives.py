@@ -6,8 +6,8 @@ group (tests/test_gpu.py launches it).
 BACKEND is nccl (tensors on cuda:LOCAL_RANK) or gloo (CPU: the dry run). One GPU runs one
 NCCL rank (NCCL refuses two ranks on one device), and with one rank the fingerprint and
 replica checks return before their all-gather. So a second rank is *simulated*:
-`SimulatedPeers` stands in for `torch.distributed` inside distcolor.pruning and
-distcolor.distributed, runs the real all-gather over the real group (on the device, through
+`SimulatedPeers` stands in for `torch.distributed` inside distcolor.prune.masks and
+distcolor.backends.distributed, runs the real all-gather over the real group (on the device, through
 NCCL) and adds what a peer rank would have sent: the same values, or tampered ones. The
 checks then run their multi-rank path end to end and must name the differing rank.
 
@@ -28,13 +28,13 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-import distcolor.distributed as distributed_module
-import distcolor.pruning as pruning_module
-from distcolor.distributed import ReplicaMismatch, check_replicas, parameter_checksum
+import distcolor.backends.distributed as distributed_module
+import distcolor.prune.masks as pruning_module
+from distcolor.backends.distributed import ReplicaMismatch, check_replicas, parameter_checksum
 from distcolor.errors import UserError
 from distcolor.models.patchgan import PatchDiscriminator
 from distcolor.models.unet import UNetGenerator
-from distcolor.pruning import (
+from distcolor.prune.masks import (
     Masks,
     alive_after,
     check_masks_agree,

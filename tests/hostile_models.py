@@ -22,7 +22,7 @@ from safetensors.torch import save_file
 
 from distcolor.checkpoint import MARKER, STATE, save_checkpoint
 from distcolor.config import load_config
-from distcolor.export import COMPACT, DENSE, export_generator
+from distcolor.infer.export import COMPACT, DENSE, export_generator
 from distcolor.model_checks import expected_tensors
 from distcolor.models.build import build_generator
 

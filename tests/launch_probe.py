@@ -12,7 +12,7 @@ from pathlib import Path
 import torch.distributed as dist
 from accelerate import PartialState
 
-from distcolor.precision import resolve_precision
+from distcolor.train.precision import resolve_precision
 
 
 def main() -> None:

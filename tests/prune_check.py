@@ -21,7 +21,7 @@ import torch.distributed as dist
 
 from distcolor.errors import UserError
 from distcolor.models.unet import UNetGenerator
-from distcolor.pruning import (
+from distcolor.prune.masks import (
     Masks,
     alive_after,
     check_masks_agree,
@@ -50,7 +50,7 @@ def zero3_masks(generator):
     follows the engine's shards (for the per-round checks)."""
     import deepspeed
 
-    from distcolor.zero_shards import ZeroNetwork
+    from distcolor.backends.zero_shards import ZeroNetwork
 
     deepspeed.init_distributed(dist_backend="gloo", verbose=False)
     config = {

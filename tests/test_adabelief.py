@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-import distcolor.adabelief as adabelief_module
-from distcolor.adabelief import AdaBelief
+import distcolor.train.adabelief as adabelief_module
+from distcolor.train.adabelief import AdaBelief
 
 # Large enough that where eps goes (inside the root, accumulated in s) changes the result far
 # beyond the tolerance; the default 1e-16 would hide a misplaced eps.

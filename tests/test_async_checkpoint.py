@@ -15,8 +15,6 @@ import pytest
 import torch
 from torch import nn
 
-from distcolor import async_checkpoint
-from distcolor.async_checkpoint import CheckpointWriter, snapshot_state
 from distcolor.checkpoint import (
     MARKER,
     STATE,
@@ -28,6 +26,8 @@ from distcolor.checkpoint import (
 )
 from distcolor.config import load_config
 from distcolor.errors import UserError
+from distcolor.train import async_checkpoint
+from distcolor.train.async_checkpoint import CheckpointWriter, snapshot_state
 from distcolor.train.loop import train
 from tests.conftest import reset_accelerate, tiny_overrides
 from tests.helpers import TRAINING_STATE, assert_bitwise_equal, copy_stopped_at, run_script
@@ -221,7 +221,7 @@ def test_a_failed_last_write_is_one_line_from_the_cli(tmp_path, tiny_shards):
 
 WRITE_BIG = """
 import sys, torch
-from distcolor.async_checkpoint import CheckpointWriter
+from distcolor.train.async_checkpoint import CheckpointWriter
 from distcolor.checkpoint import load_checkpoint
 ckpts, source = sys.argv[1], sys.argv[2]
 state = load_checkpoint(source)

@@ -29,12 +29,12 @@ from distcolor.config import load_config
 from distcolor.data.batching import eval_view, make_batch
 from distcolor.data.synthetic import render_scene
 from distcolor.errors import UserError
-from distcolor.export import export_generator
-from distcolor.inference import Colorizer
+from distcolor.infer.colorizer import Colorizer
+from distcolor.infer.export import export_generator
+from distcolor.infer.photos import Unreadable, read_photo
+from distcolor.infer.weights import load_generator
 from distcolor.models.build import build_generator
-from distcolor.photos import Unreadable, read_photo
 from distcolor.train.loop import train
-from distcolor.weights import load_generator
 from tests.conftest import tiny_overrides
 from tests.helpers import assert_bitwise_equal, run_script
 from tests.icc_profiles import cmyk_profile
@@ -144,7 +144,7 @@ def test_stripes_give_the_whole_image_result(monkeypatch):
     photo = photo_like(203, 157).convert("L")
     colorizer = Colorizer(vivid_generator(), render_size=64, device="cpu")
     whole = np.asarray(colorizer(photo))
-    monkeypatch.setattr("distcolor.inference.STRIPE_PIXELS", 203 * 10)  # 16 stripes
+    monkeypatch.setattr("distcolor.infer.colorizer.STRIPE_PIXELS", 203 * 10)  # 16 stripes
     striped = np.asarray(colorizer(photo))
     assert np.abs(whole.astype(int) - striped.astype(int)).max() <= 1
 
@@ -443,7 +443,7 @@ def test_an_out_folder_inside_the_input_folder_is_not_read_back(run, tmp_path):
 
 
 def test_inputs_that_differ_only_in_suffix_both_get_outputs(tmp_path):
-    from distcolor.colorize_files import output_path, plan_jobs
+    from distcolor.infer.files import output_path, plan_jobs
 
     for name in ("scan.jpg", "scan.tif", "scan.png"):
         photo_like(32, 32).save(tmp_path / name)
@@ -459,7 +459,7 @@ def test_photos_with_trns_transparency_la_modes_and_bad_profiles(tmp_path):
     gray.save(tmp_path / "t.png", transparency=90)
     photo = read_photo(tmp_path / "t.png")
     assert photo.alpha is not None and np.asarray(photo.alpha).max() == 0
-    from distcolor.photos import photo_of
+    from distcolor.infer.photos import photo_of
 
     premultiplied = Image.new("RGBA", (5, 5), (200, 100, 50, 128)).convert("RGBa")
     assert photo_of(premultiplied).alpha is not None
@@ -478,7 +478,7 @@ def test_non_finite_predictions_come_out_gray_with_their_lightness():
 
 
 def test_unwritable_outputs_are_skipped_and_a_bad_device_is_one_line(run, tmp_path):
-    from distcolor.colorize_files import colorize_files, plan_jobs
+    from distcolor.infer.files import colorize_files, plan_jobs
 
     (tmp_path / "in").mkdir()
     photo_like(40, 30).save(tmp_path / "in" / "a.png")

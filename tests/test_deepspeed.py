@@ -20,7 +20,7 @@ from distcolor.deepspeed_checkpoint import (  # noqa: E402
     consolidated_state,
 )
 from distcolor.errors import UserError  # noqa: E402
-from distcolor.export import export_generator, load_exported  # noqa: E402
+from distcolor.infer.export import export_generator, load_exported  # noqa: E402
 from distcolor.models import build_models  # noqa: E402
 from tests.conftest import tiny_overrides  # noqa: E402
 from tests.helpers import assert_bitwise_equal, copy_stopped_at  # noqa: E402
@@ -245,9 +245,9 @@ def test_consolidating_a_damaged_shard_is_a_one_line_error(runs, tmp_path):
 def test_colorize_and_evaluate_read_a_deepspeed_checkpoint(runs, tmp_path, tiny_shards):
     from PIL import Image
 
-    from distcolor.inference import Colorizer
-    from distcolor.report import write_report
-    from distcolor.weights import load_generator
+    from distcolor.evaluate.report import write_report
+    from distcolor.infer.colorizer import Colorizer
+    from distcolor.infer.weights import load_generator
 
     folder = runs / "zero3" / LAST
     live = load_generator(folder, weights="live")  # consolidated from the shards, weights-only

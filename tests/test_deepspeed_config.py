@@ -5,8 +5,8 @@ import json
 
 import pytest
 
+from distcolor.backends.deepspeed_config import deepspeed_config, resolve_backend
 from distcolor.config import load_config
-from distcolor.deepspeed_config import deepspeed_config, resolve_backend
 from distcolor.errors import UserError
 
 

@@ -87,7 +87,7 @@ def test_two_process_gloo_run_trains_and_evaluates_across_ranks(tmp_path, tiny_s
     assert [r["step"] for r in rows if "eval/baseline_mean/ciede2000" in r] == [2, 3]
     # The report summed over 2 ranks is the one a single process computes from the
     # checkpoint (the same EMA weights and rank 0's batch-norm statistics).
-    from distcolor.report import write_report
+    from distcolor.evaluate.report import write_report
 
     alone = write_report(
         run / "checkpoints" / "step-00000003", tiny_shards, tmp_path / "report", num_workers=0

@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from distcolor.ema import GeneratorEMA
+from distcolor.train.ema import GeneratorEMA
 
 
 def net():

@@ -14,8 +14,8 @@ from distcolor.color import lab_inputs
 from distcolor.config import load_config
 from distcolor.data.catalog import read_manifest, shard_list
 from distcolor.data.loader import build_eval_loader
-from distcolor.evaluation import METHODS, evaluate, mean_chroma
-from distcolor.export import export_generator
+from distcolor.evaluate.heldout import METHODS, evaluate, mean_chroma
+from distcolor.infer.export import export_generator
 from distcolor.train.loop import train
 from tests.conftest import tiny_overrides
 from tests.helpers import run_script, scene_samples, write_sample_shards

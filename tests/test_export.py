@@ -1,4 +1,4 @@
-"""distcolor/export.py and scripts/export.py: dense and compact generators from
+"""distcolor/infer/export.py and scripts/export.py: dense and compact generators from
 checkpoints written here by hand (no training), bit-exact round trips, refusals."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from torch import nn
 from distcolor.checkpoint import MARKER, STATE, load_checkpoint, save_checkpoint
 from distcolor.config import load_config
 from distcolor.errors import UserError
-from distcolor.export import (
+from distcolor.infer.export import (
     COMPACT,
     CONFIG,
     DENSE,

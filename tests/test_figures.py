@@ -8,7 +8,7 @@ from PIL import Image
 from torch.utils.tensorboard import SummaryWriter
 
 from distcolor.errors import UserError
-from distcolor.figures import loss_figure, plot_losses, read_scalars, smooth_values
+from distcolor.evaluate.figures import loss_figure, plot_losses, read_scalars, smooth_values
 
 TAGS = ("loss/D/total", "loss/D/real", "loss/D/fake", "loss/G/total", "loss/G/adv", "loss/G/l1")
 STEPS = list(range(1, 51))

@@ -18,7 +18,7 @@ host-sync check is skipped, so on a GPU only CUDA behaviour itself can still sur
                    on the device against the CPU
 
 Bitwise resume on a GPU needs deterministic kernels. The compared runs set
-`train.deterministic=true`, the trainer's switch (distcolor.distributed.set_kernel_flags),
+`train.deterministic=true`, the trainer's switch (distcolor.backends.distributed.set_kernel_flags),
 which before anything touches CUDA sets
     CUBLAS_WORKSPACE_CONFIG=:4096:8              (also in the launch environment here)
     torch.use_deterministic_algorithms(True)     (an op without a deterministic kernel raises)
@@ -51,9 +51,9 @@ from distcolor.backends.ddp import ddp_step
 from distcolor.color import lab_inputs
 from distcolor.config import load_config
 from distcolor.models import build_models
-from distcolor.precision import DTYPES, Precision
-from distcolor.pruning import Masks, alive_after, prunable_weights
+from distcolor.prune.masks import Masks, alive_after, prunable_weights
 from distcolor.train.gan_step import GANStep
+from distcolor.train.precision import DTYPES, Precision
 from tests.conftest import reset_accelerate, tiny_overrides
 
 ON_CPU = os.environ.get("DISTCOLOR_GPU_TESTS_ON_CPU") == "1"
@@ -574,12 +574,12 @@ def test_trainer_in_bf16_and_fp16_on_the_device_saves_a_scaler_per_network(
 
 
 def test_ema_and_evaluation_run_on_the_device(device, tmp_path, tiny_shards, monkeypatch):
-    from distcolor import evaluation as evaluation_module
     from distcolor.checkpoint import latest_checkpoint, load_checkpoint
     from distcolor.data.catalog import read_manifest, shard_list
     from distcolor.data.loader import build_eval_loader
-    from distcolor.ema import GeneratorEMA
+    from distcolor.evaluate import heldout as evaluation_module
     from distcolor.train import setup as setup_module
+    from distcolor.train.ema import GeneratorEMA
     from distcolor.train.loop import train
 
     made, evaluated = [], []
@@ -630,9 +630,9 @@ def test_ema_and_evaluation_run_on_the_device(device, tmp_path, tiny_shards, mon
 
 
 def test_colorize_on_the_device_equals_the_cpu(device, monkeypatch):
-    from distcolor import inference
     from distcolor.data.synthetic import scene_image
-    from distcolor.inference import Colorizer
+    from distcolor.infer import colorizer as inference
+    from distcolor.infer.colorizer import Colorizer
 
     cfg = load_config(None, SMALL)
     generator, _ = build_models(cfg.model, seed=3)

@@ -4,8 +4,8 @@ import json
 
 import torch
 
+from distcolor.backends.distributed import set_kernel_flags
 from distcolor.config import load_config
-from distcolor.distributed import set_kernel_flags
 from distcolor.train.loop import train
 from tests.conftest import reset_accelerate, tiny_overrides
 

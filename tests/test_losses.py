@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from distcolor.losses import GANObjective, d_loss, g_adversarial_loss
+from distcolor.train.losses import GANObjective, d_loss, g_adversarial_loss
 
 
 def test_lsgan_is_mse_towards_one_and_zero():

@@ -1,4 +1,4 @@
-"""The pure metric functions in distcolor/metrics.py."""
+"""The pure metric functions in distcolor/evaluate/metrics.py."""
 
 import math
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from distcolor import metrics
+from distcolor.evaluate import metrics
 
 # Sharma, Wu & Dalal 2005, "The CIEDE2000 color-difference formula: implementation notes,
 # supplementary test data, and mathematical observations", Table 1, as shipped by

@@ -2,9 +2,9 @@ import pytest
 import torch
 from torch import nn
 
-from distcolor.adabelief import AdaBelief
 from distcolor.config import load_config
-from distcolor.optim import lr_factor, make_optimizer, set_learning_rates
+from distcolor.train.adabelief import AdaBelief
+from distcolor.train.optim import lr_factor, make_optimizer, set_learning_rates
 
 
 def optimizers(*overrides):

@@ -9,13 +9,11 @@ from torch import nn
 
 from distcolor.backends.ddp import NetworkUpdate
 from distcolor.config import ConfigError, PruneConfig, load_config
-from distcolor.ema import GeneratorEMA
 from distcolor.errors import UserError
-from distcolor.lottery import LotteryTicket
 from distcolor.models.patchgan import PatchDiscriminator
 from distcolor.models.unet import UNetGenerator
-from distcolor.optim import make_optimizer
-from distcolor.pruning import (
+from distcolor.prune.lottery import LotteryTicket
+from distcolor.prune.masks import (
     Masks,
     alive_after,
     compute_global_masks,
@@ -23,6 +21,8 @@ from distcolor.pruning import (
     masks_fingerprint,
     prunable_weights,
 )
+from distcolor.train.ema import GeneratorEMA
+from distcolor.train.optim import make_optimizer
 from tests.test_distributed import torchrun
 
 

@@ -11,7 +11,7 @@ from torch import nn
 from distcolor.backends.ddp import NetworkUpdate, ddp_step
 from distcolor.config import load_config
 from distcolor.models import build_models
-from distcolor.precision import Precision, resolve_precision
+from distcolor.train.precision import Precision, resolve_precision
 
 SMALL = ["model.generator.width=4", "model.generator.depth=5", "model.discriminator.width=4"]
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from distcolor.config import load_config
-from distcolor.flops import peak_flops, step_flops
+from distcolor.models.flops import peak_flops, step_flops
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -12,15 +12,15 @@ import yaml
 from PIL import Image
 
 from distcolor.backends.ddp import ddp_step
+from distcolor.backends.distributed import build_accelerator
 from distcolor.checkpoint import latest_checkpoint, load_checkpoint
 from distcolor.config import load_config
-from distcolor.distributed import build_accelerator
 from distcolor.errors import UserError
 from distcolor.models import build_models
-from distcolor.precision import Precision
 from distcolor.train import loop as loop_module
 from distcolor.train import telemetry as telemetry_module
 from distcolor.train.loop import train
+from distcolor.train.precision import Precision
 from tests.conftest import reset_accelerate, tiny_overrides
 from tests.helpers import TRAINING_STATE, assert_bitwise_equal, run_script
 
@@ -295,7 +295,7 @@ def test_evaluation_and_samples_use_the_averaged_generator(tmp_path, tiny_shards
 
     from distcolor.data.catalog import read_manifest, shard_list
     from distcolor.data.loader import build_eval_loader
-    from distcolor.evaluation import evaluate
+    from distcolor.evaluate.heldout import evaluate
 
     cfg = load_config(
         None,

@@ -55,10 +55,10 @@ def _api(entry: str, path: Path, work: Path, out: Path) -> None:
     from PIL import Image
 
     from distcolor import colorize
-    from distcolor.export import export_generator
-    from distcolor.inference import Colorizer
-    from distcolor.report import write_report
-    from distcolor.weights import load_generator
+    from distcolor.evaluate.report import write_report
+    from distcolor.infer.colorizer import Colorizer
+    from distcolor.infer.export import export_generator
+    from distcolor.infer.weights import load_generator
 
     if entry == "load_generator":
         load_generator(path)

@@ -348,7 +348,7 @@ def test_folders_without_permission_are_one_line(tmp_path):
     locked.chmod(0)
     with pytest.raises(UserError, match="cannot be read: permission denied"):
         input_folder(locked, "data.shards")
-    from distcolor.colorize_files import plan_jobs
+    from distcolor.infer.files import plan_jobs
 
     with pytest.raises(UserError, match="^input .*locked cannot be read: permission denied"):
         plan_jobs([locked], tmp_path / "coloured")
@@ -374,8 +374,8 @@ def test_permission_messages(tmp_path, monkeypatch):
     ],
 )
 def test_a_deepspeed_config_that_is_not_one_is_one_line(tmp_path, kind, message):
+    from distcolor.backends.deepspeed_config import deepspeed_config
     from distcolor.config import load_config
-    from distcolor.deepspeed_config import deepspeed_config
 
     path = tmp_path / "ds.json"
     if kind == "fifo":

@@ -11,7 +11,7 @@ from torch import nn
 
 from distcolor.backends.base import Backend, Update
 from distcolor.config import Config, TrainConfig
-from distcolor.precision import DTYPES, resolve_precision
+from distcolor.train.precision import DTYPES, resolve_precision
 
 __all__ = ["Backend", "Update", "backend_class", "build_backend", "join_process_group"]
 

@@ -66,7 +66,7 @@ class Backend(ABC):
     discriminator: nn.Module
     local_g: nn.Module  # float32 copies for rank-local work: samples, probes, evaluation
     local_d: nn.Module
-    precision: object  # distcolor.precision.Precision
+    precision: object  # distcolor.train.precision.Precision
 
     def refresh(self) -> None:
         """Bring local_g and local_d up to the trained weights (may be a collective: every

@@ -3,7 +3,7 @@ processes run, the plain networks in one), our own optimizers, loss scalers and 
 
 Optimizers are not passed to `accelerator.prepare`: its wrapper would drive Accelerate's
 single shared GradScaler, where each network needs its own. Mixed precision is ours too
-(distcolor/precision.py).
+(distcolor/train/precision.py).
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ from torch import nn
 from distcolor.backends.base import Backend, Update, check_backend
 from distcolor.checkpoint import load_parts
 from distcolor.config import Config
-from distcolor.losses import GANObjective
-from distcolor.optim import make_optimizer
-from distcolor.precision import Precision, resolve_precision
-from distcolor.pruning import Masks
+from distcolor.prune.masks import Masks
 from distcolor.train.gan_step import GANStep
+from distcolor.train.losses import GANObjective
+from distcolor.train.optim import make_optimizer
+from distcolor.train.precision import Precision, resolve_precision
 
 
 def compile_in_place(*networks: nn.Module, mode: str, backend: str = "inductor") -> None:

@@ -1,7 +1,7 @@
 """The DeepSpeed backend (train.backend: deepspeed): one engine per network.
 
 DeepSpeed wraps one model and one optimizer per engine, so each network gets its own,
-built from the same config (distcolor/deepspeed_config.py) with our optimizer as a client
+built from the same config (distcolor/backends/deepspeed_config.py) with our optimizer as a client
 optimizer. The GAN step (distcolor/train/gan_step.py) runs on them DeepSpeed's way:
 
     for each micro-batch:  engine.backward(loss); engine.step()   (D's, then G's)
@@ -11,7 +11,7 @@ accumulation boundary (clipping to train.max_grad_norm, loss scaling in fp16, sk
 step whose gradients overflow). G's loss goes through D's plain module, not its engine:
 one engine's backward must not run the other's gradient hooks (DeepSpeed #399 and #4923).
 Pruning masks reach the reduced gradient pieces between the boundary backward and the
-step, and the master weights after it (distcolor/zero_shards.py).
+step, and the master weights after it (distcolor/backends/zero_shards.py).
 
 The engines' modules are bf16/fp16 and, under ZeRO-3, partitioned with collective forward
 hooks: rank-local work (samples, probes, evaluation) runs on float32 copies refreshed from
@@ -34,16 +34,16 @@ from accelerate import Accelerator
 from torch import nn
 
 from distcolor.backends.base import Backend, Update, check_backend
+from distcolor.backends.deepspeed_config import deepspeed_config
 from distcolor.checkpoint import STATE, begin_checkpoint, finish_checkpoint, staging_path
 from distcolor.config import Config
 from distcolor.deepspeed_checkpoint import import_deepspeed, load_engines, save_engines
-from distcolor.deepspeed_config import deepspeed_config
 from distcolor.errors import UserError
-from distcolor.losses import GANObjective
 from distcolor.models import build_models
-from distcolor.optim import make_optimizer
-from distcolor.precision import DTYPES, Precision
 from distcolor.train.gan_step import GANStep
+from distcolor.train.losses import GANObjective
+from distcolor.train.optim import make_optimizer
+from distcolor.train.precision import DTYPES, Precision
 
 
 def init_distributed(device: torch.device, timeout_s: float) -> None:
@@ -131,7 +131,7 @@ def deepspeed_step(
     precision: str | None,
 ) -> tuple[GANStep, str]:
     """Two engines from cfg (collective); returns their GAN step and its precision mode."""
-    from distcolor.zero_shards import ZeroNetwork
+    from distcolor.backends.zero_shards import ZeroNetwork
 
     tc = cfg.train
     if tc.compile:

@@ -87,3 +87,27 @@ def shard_list(
 
 def _is_local(url: str) -> bool:
     return not url.startswith("pipe:") and "://" not in url
+
+
+MAX_UPSCALE = 4
+"""data.image_size may be at most this many times the shards' stored size: the loader
+resizes every image up to the crop, so beyond a few times the crops are blur, and an
+image size far beyond the data (a typo: 100000) would allocate gigabytes per image."""
+
+
+def stored_size(manifest: dict) -> int | None:
+    """The largest shorter side a shard set stores (make_shards --size), or None."""
+    settings = manifest.get("settings") if isinstance(manifest, dict) else None
+    size = settings.get("size") if isinstance(settings, dict) else None
+    return size if isinstance(size, int) and size > 0 else None
+
+
+def check_crop_size(size: int, stored: int | None, *, key: str, shards: Path | str) -> None:
+    """UserError when crops of `size` px would upscale the stored images over MAX_UPSCALE x."""
+    if stored is None or size <= MAX_UPSCALE * stored:
+        return
+    raise UserError(
+        f"{key}: {size} px crops from shards that store images of at most {stored} px "
+        f"({shards}) would upscale each {size / stored:.0f}x (at most {MAX_UPSCALE}x is "
+        f"allowed); lower {key} or build the shards larger (make_shards --size)"
+    )

@@ -7,7 +7,7 @@ import itertools
 import random
 import warnings
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 import webdataset as wds
@@ -17,8 +17,23 @@ from distcolor.data.batching import decode
 from distcolor.data.catalog import Shard
 from distcolor.data.tarstream import tar_samples
 
-if TYPE_CHECKING:
-    from distcolor.data.loader import TrainStream
+
+class StreamSpec(Protocol):
+    """What a reader needs of the train stream it belongs to (distcolor.data.loader's
+    TrainStream): the plan, not the loader, so this module needs nothing from it."""
+
+    shards: list[Shard]
+    seed: int
+    rank: int
+    world_size: int
+    sampling: str
+    shuffle_buffer: int
+    min_side: int
+    weights: dict[str, float]
+    first_round: dict[str, int]
+
+    def groups(self) -> dict[str, list[Shard]]: ...
+
 
 RESAMPLE_SHARDS = 4  # shards per resampled round: the shuffle buffer mixes across them
 MIX_BLOCK = 4096  # source draws generated per seeded block (resume jumps to a block)
@@ -86,7 +101,7 @@ class Rounds:
         tag: str,
         shards: list[Shard],
         *,
-        stream: TrainStream,
+        stream: StreamSpec,
         worker: int,
         num_workers: int,
         counter: SkipCounter,
@@ -156,7 +171,7 @@ class Reader:
     """One (rank, logical worker): its streams and, with source weights, the seeded draws
     that pick which stream each next sample comes from."""
 
-    def __init__(self, stream: TrainStream, worker: int, num_workers: int, position: dict) -> None:
+    def __init__(self, stream: StreamSpec, worker: int, num_workers: int, position: dict) -> None:
         self.counter = SkipCounter()
         self.seed, self.rank, self.worker = stream.seed, stream.rank, worker
         self.source_by_url = {s.url: s.source for s in stream.shards}

@@ -18,7 +18,7 @@ from accelerate.utils import gather_object
 from torch import nn
 
 from distcolor import __version__
-from distcolor.distributed import check_replicas
+from distcolor.backends.distributed import check_replicas
 from distcolor.train.resume import data_order, rng_state
 
 

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from distcolor.backends.base import Update
-from distcolor.losses import GANObjective
+from distcolor.train.losses import GANObjective
 
 Batch = tuple[torch.Tensor, torch.Tensor]  # (lightness (B, 1, H, W), chroma (B, 2, H, W))
 

@@ -18,18 +18,18 @@ from pathlib import Path
 
 import torch
 
+from distcolor.backends.distributed import shutdown, step_seed
 from distcolor.checkpoint import latest_checkpoint
 from distcolor.color import lab_inputs
 from distcolor.config import Config
 from distcolor.data.batching import recycle_batches
 from distcolor.data.loader import LoaderState
-from distcolor.distributed import shutdown, step_seed
 from distcolor.errors import UserError
 from distcolor.locks import run_lock
-from distcolor.optim import set_learning_rates
-from distcolor.preemption import StopRequest
 from distcolor.preflight import check_run_paths
 from distcolor.train.checkpointing import save_checkpoint
+from distcolor.train.optim import set_learning_rates
+from distcolor.train.preemption import StopRequest
 from distcolor.train.setup import TrainingRun, set_up
 from distcolor.train.telemetry import (
     StepLog,

@@ -13,9 +13,9 @@ from distcolor.backends import backend_class
 from distcolor.checkpoint import is_complete, list_checkpoints, restore
 from distcolor.config import Config
 from distcolor.data.loader import LoaderState
-from distcolor.ema import GeneratorEMA
 from distcolor.errors import UserError
 from distcolor.preflight import check_resume_step
+from distcolor.train.ema import GeneratorEMA
 
 
 @dataclass

@@ -18,23 +18,23 @@ import torch
 from accelerate import Accelerator
 from torch import nn
 
-from distcolor.async_checkpoint import CheckpointWriter
 from distcolor.backends import Backend, build_backend, join_process_group
+from distcolor.backends.deepspeed_config import resolve_backend
+from distcolor.backends.distributed import build_accelerator, rank_and_world
 from distcolor.config import Config, config_to_yaml
 from distcolor.data.catalog import Shard, read_manifest, shard_list
 from distcolor.data.loader import LoaderState, build_eval_loader, build_train_loader
 from distcolor.data.shards import ensure_shards
-from distcolor.deepspeed_config import resolve_backend
-from distcolor.distributed import build_accelerator, rank_and_world
-from distcolor.ema import GeneratorEMA
 from distcolor.errors import UserError
-from distcolor.evaluation import HeldOut
-from distcolor.flops import peak_flops, step_flops
-from distcolor.lottery import LotteryTicket
+from distcolor.evaluate.heldout import HeldOut
 from distcolor.models import build_models, count_parameters, init_seed
+from distcolor.models.flops import peak_flops, step_flops
 from distcolor.preflight import check_image_size, check_memory
+from distcolor.prune.lottery import LotteryTicket
 from distcolor.tracking import Tracker, trim_metrics
+from distcolor.train.async_checkpoint import CheckpointWriter
 from distcolor.train.checkpointing import code_version
+from distcolor.train.ema import GeneratorEMA
 from distcolor.train.resume import (
     Resume,
     loader_positions,

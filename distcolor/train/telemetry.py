@@ -13,11 +13,11 @@ import torch
 from accelerate import Accelerator
 from torch import nn
 
+from distcolor.backends.distributed import broadcast_buffers
 from distcolor.color import lab_inputs
 from distcolor.data.loader import LoaderState
-from distcolor.distributed import broadcast_buffers
-from distcolor.evaluation import HeldOut
-from distcolor.evaluation import scalars as evaluation_scalars
+from distcolor.evaluate.heldout import HeldOut
+from distcolor.evaluate.heldout import scalars as evaluation_scalars
 from distcolor.monitor import log_monitoring
 from distcolor.tracking import Tracker, sample_grid
 

@@ -12,11 +12,11 @@ from torch import nn
 from distcolor.color import lab_inputs
 from distcolor.config import Config
 from distcolor.errors import UserError
-from distcolor.losses import GANObjective
-from distcolor.lottery import LotteryTicket
-from distcolor.precision import Precision
+from distcolor.prune.lottery import LotteryTicket
 from distcolor.tracking import Tracker
 from distcolor.train.gan_step import GANStep
+from distcolor.train.losses import GANObjective
+from distcolor.train.precision import Precision
 
 
 def lottery_ticket(

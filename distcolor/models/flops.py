@@ -12,8 +12,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from distcolor.config import Config
-from distcolor.losses import GANObjective
 from distcolor.models import build_models
+from distcolor.train.losses import GANObjective
 
 # Dense bf16/fp16 tensor-core peak per GPU (vendor data sheets), by a name fragment; the
 # first fragment found in the device name wins, so longer names come before their prefixes.

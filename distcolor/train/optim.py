@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from distcolor.adabelief import AdaBelief
 from distcolor.config import TrainConfig
+from distcolor.train.adabelief import AdaBelief
 
 DEFAULT_EPS = {"adam": 1e-8, "adabelief": 1e-16}
 """AdaBelief's eps sits inside the square root, so 1e-16 there matches Adam's 1e-8."""

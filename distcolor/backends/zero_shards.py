@@ -27,7 +27,7 @@ import torch.distributed as dist
 from deepspeed.utils import safe_get_local_grad, safe_set_local_grad
 from torch import nn
 
-from distcolor.pruning import Masks, keep_largest, prunable_weights
+from distcolor.prune.masks import Masks, keep_largest, prunable_weights
 
 OPTIMIZER_KEYS = ("exp_avg", "exp_avg_sq", "exp_avg_var")  # Adam's and AdaBelief's moments
 

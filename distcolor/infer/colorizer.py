@@ -25,9 +25,9 @@ from PIL import Image
 
 from distcolor.color import fitted_srgb, lightness_input
 from distcolor.errors import UserError
-from distcolor.photos import Photo, photo_of, read_photo
+from distcolor.infer.photos import Photo, photo_of, read_photo
+from distcolor.infer.weights import load_generator
 from distcolor.sizes import unet_multiple
-from distcolor.weights import load_generator
 
 STRIPE_PIXELS = 1 << 22
 """Full-resolution colour is made in stripes of about this many pixels: a 50-megapixel

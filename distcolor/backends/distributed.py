@@ -21,7 +21,7 @@ _INT_OF_SIZE = {2: torch.int16, 4: torch.int32, 8: torch.int64}
 def build_accelerator(cfg: Config) -> Accelerator:
     # Our loader is never passed to prepare() (each rank reads its own shards), but keep
     # dispatch_batches off so no code path ever makes rank 0 read for everyone. Mixed
-    # precision is ours (distcolor/precision.py): Accelerate's would wrap the forwards in
+    # precision is ours (distcolor/train/precision.py): Accelerate's would wrap the forwards in
     # autocast and share one GradScaler between the two networks.
     # Under train.backend=deepspeed the trainer builds DeepSpeed's engines itself (one per
     # network); Accelerate only starts the processes and the process group, so it must not

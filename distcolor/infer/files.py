@@ -24,9 +24,9 @@ from pathlib import Path
 from PIL import Image
 
 from distcolor.errors import UserError
-from distcolor.inference import Colorizer
+from distcolor.infer.colorizer import Colorizer
+from distcolor.infer.photos import IMAGE_SUFFIXES, Photo, Unreadable, read_photo
 from distcolor.paths import checked_stat, output_folder
-from distcolor.photos import IMAGE_SUFFIXES, Photo, Unreadable, read_photo
 
 KEEP_FORMAT = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".tif": "TIFF", ".tiff": "TIFF",
                ".webp": "WEBP", ".bmp": "BMP"}  # fmt: skip

@@ -21,7 +21,7 @@ from kornia.color import rgb_to_lab
 from torch import nn
 
 from distcolor.color import AB_SCALE, fitted_srgb, lab_inputs, uint8_to_unit
-from distcolor.metrics import (
+from distcolor.evaluate.metrics import (
     AB_BINS,
     AUC_MAX,
     ab_error_histogram,

@@ -2,7 +2,7 @@
 
     step == prune.rewind_step   snapshot G (all parameters and buffers) to rewind to
     step in prune.at_steps      a round:
-        1. new global masks per network (distcolor/pruning.py), the same on every rank
+        1. new global masks per network (distcolor/prune/masks.py), the same on every rank
         2. rewind (prune.rewind: init or step): G's survivors, norms and biases go back to
            the snapshot; D back to its initialisation (prune.reset_discriminator); both
            optimizers start fresh and the EMA restarts from the rewound G
@@ -25,12 +25,12 @@ from torch import nn
 
 from distcolor.config import PruneConfig
 from distcolor.errors import UserError
-from distcolor.pruning import Masks, alive_after, check_masks_agree, prunable_weights
+from distcolor.prune.masks import Masks, alive_after, check_masks_agree, prunable_weights
 
 
 class PlainNetwork:
     """A network whose parameters are whole on every rank (one process, DDP). The ZeRO
-    counterpart, with the same methods, is `distcolor.zero_shards.ZeroNetwork`."""
+    counterpart, with the same methods, is `distcolor.backends.zero_shards.ZeroNetwork`."""
 
     def __init__(self, module: nn.Module) -> None:
         self.module = module

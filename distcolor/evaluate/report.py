@@ -17,15 +17,14 @@ from pathlib import Path
 import torch
 
 from distcolor.color import fit_chroma, lab_inputs
-from distcolor.data.catalog import read_manifest, shard_list
+from distcolor.data.catalog import check_crop_size, read_manifest, shard_list, stored_size
 from distcolor.data.loader import build_eval_loader
 from distcolor.errors import UserError
-from distcolor.evaluation import METHODS, HeldOut
-from distcolor.figures import plot_losses
-from distcolor.inference import usable_device
-from distcolor.preflight import check_crop_size, stored_size
+from distcolor.evaluate.figures import plot_losses
+from distcolor.evaluate.heldout import METHODS, HeldOut
+from distcolor.infer.colorizer import usable_device
+from distcolor.infer.weights import load_generator
 from distcolor.tracking import sample_grid, save_png
-from distcolor.weights import load_generator
 
 GRID_IMAGES = 8
 

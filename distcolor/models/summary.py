@@ -13,8 +13,8 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from distcolor.config import Config
-from distcolor.flops import step_flops
 from distcolor.models import PenalizedTanh, build_models, count_parameters
+from distcolor.models.flops import step_flops
 
 
 def _layer_text(module: nn.Module) -> str:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from distcolor.errors import UserError
-from distcolor.export import COMPACT, DENSE, WEIGHTS, checkpoint_generator, load_exported
+from distcolor.infer.export import COMPACT, DENSE, WEIGHTS, checkpoint_generator, load_exported
 from distcolor.models.unet import UNetGenerator
 from distcolor.sizes import unet_multiple
 

@@ -1,0 +1,2 @@
+"""Lottery-ticket pruning: global-magnitude masks (masks.py) and the schedule with
+rewinding (lottery.py)."""
