@@ -41,8 +41,9 @@ import torch
 from distcolor.backends.ddp import ddp_step
 from distcolor.backends.distributed import build_accelerator
 from distcolor.checkpoint import STATE, checkpoint_path, save_checkpoint
-from distcolor.cli import DEFAULT_CONFIG, add_config_arguments, config_from_args, run_main
+from distcolor.cli.common import DEFAULT_CONFIG, add_config_arguments, config_from_args
 from distcolor.data.loader import LoaderState
+from distcolor.errors import run_main
 from distcolor.models import build_models
 from distcolor.prune.lottery import LotteryTicket
 from distcolor.train.async_checkpoint import CheckpointWriter
@@ -120,7 +121,7 @@ def main() -> None:
     train_step()  # creates the optimizers' moments (and is a warm-up)
     step_s = statistics.median(train_step() for _ in range(steps))
 
-    def state(step: int) -> dict:  # the trainer's layout (distcolor/trainer.py)
+    def state(step: int) -> dict:  # the trainer's layout (distcolor/train/checkpointing.py)
         out = {
             "step": step,
             "init_seed": 0,

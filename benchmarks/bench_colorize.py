@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from distcolor.cli import DEFAULT_CONFIG
+from distcolor.cli.common import DEFAULT_CONFIG
 from distcolor.config import load_config
 from distcolor.data.synthetic import render_scene
 from distcolor.infer.colorizer import Colorizer

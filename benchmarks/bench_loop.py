@@ -9,7 +9,7 @@ Both sides train the same networks (`build_models`, same seed), with the same op
 each step by `color.lab_inputs`, as the trainer does), in the same process, with the
 same thread count and the same warm-up:
 
-- trainer: `distcolor.trainer.train(cfg, batches=...)` with everything on: progress
+- trainer: `distcolor.train.loop.train(cfg, batches=...)` with everything on: progress
   bar, metrics (TensorBoard + metrics.jsonl), sample grids, checkpoints, the EMA,
   `GANStep`'s gradient norms, finite checks and batch-norm snapshots. Only the final
   evaluation is off (`train.eval_images=0`; it runs after the last step anyway);
@@ -79,13 +79,13 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from distcolor.cli import add_config_arguments, config_from_args, run_main
+from distcolor.cli.common import add_config_arguments, config_from_args
 from distcolor.color import lab_inputs
 from distcolor.config import Config, load_config
 from distcolor.data.catalog import read_manifest, shard_list
 from distcolor.data.loader import build_train_loader
 from distcolor.data.shards import build_shards
-from distcolor.errors import UserError
+from distcolor.errors import UserError, run_main
 from distcolor.models import build_models, count_parameters, init_seed
 from distcolor.train.ema import GeneratorEMA
 from distcolor.train.losses import GANObjective

@@ -26,7 +26,8 @@ import torch
 
 from distcolor.backends.ddp import ddp_step
 from distcolor.backends.distributed import build_accelerator
-from distcolor.cli import DEFAULT_CONFIG, add_config_arguments, config_from_args, run_main
+from distcolor.cli.common import DEFAULT_CONFIG, add_config_arguments, config_from_args
+from distcolor.errors import run_main
 from distcolor.models import build_models
 from distcolor.prune.masks import Masks, alive_after, compute_global_masks, prunable_weights
 from distcolor.train.precision import Precision, resolve_precision

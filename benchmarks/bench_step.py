@@ -28,7 +28,8 @@ import torch
 
 from distcolor.backends.ddp import ddp_step
 from distcolor.backends.distributed import build_accelerator
-from distcolor.cli import add_config_arguments, config_from_args, run_main
+from distcolor.cli.common import add_config_arguments, config_from_args
+from distcolor.errors import run_main
 from distcolor.models import build_models
 from distcolor.models.flops import peak_flops, step_flops
 from distcolor.train.precision import Precision, resolve_precision

@@ -7,7 +7,7 @@ Not a simulator and not a measurement: a small explicit model (docs/scaling.md h
 formulas, the constants and their sources). From the config it takes the parameter counts
 (`count_parameters`), the FLOPs per image (`distcolor.models.flops.step_flops`) and, counted the
 same way on the meta device, when each gradient becomes ready during the two backward
-passes of distcolor's step (D's backward, then G's: distcolor/step.py). Gradients go into
+passes of distcolor's step (D's backward, then G's: distcolor/train/gan_step.py). Gradients go into
 DDP's buckets in that order (1 MiB first bucket, then `--bucket-mb`, as DDP rebuilds them
 after its first iteration); each bucket's all-reduce starts when its last gradient is
 ready and the previous bucket's all-reduce is done. Whatever is still running when the
@@ -37,8 +37,8 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from distcolor.cli import run_main
 from distcolor.config import Config, load_config
+from distcolor.errors import run_main
 from distcolor.models import build_models, count_parameters
 from distcolor.models.flops import step_flops
 from distcolor.train.losses import GANObjective
@@ -174,7 +174,7 @@ def profile_step(cfg: Config, *, bucket_mb: float = 25) -> Profile:
         for p in net.parameters()
     ]
     phases = {}
-    with counter:  # the order of distcolor/step.py with one micro-batch
+    with counter:  # the order of distcolor/train/gan_step.py with one micro-batch
         fake = generator(lightness)
         d_loss = objective.discriminator(discriminator, lightness, chroma, fake)["total"]
         phases["D_half_forward"] = start[0] = counter.get_total_flops()

@@ -1,28 +1,8 @@
 """Show what a config trains: `python scripts/summary.py [--config FILE] [section.key=value ...]`.
 
-Prints both networks block by block (layers, output shape, parameters, forward FLOPs),
-then, as the last line, one JSON object with generator_params, discriminator_params
-(trainable) and train_flops_per_image, among others.
-"""
+The program is distcolor/cli/summary.py (installed as `distcolor-summary`)."""
 
-from __future__ import annotations
-
-import argparse
-import json
-
-from distcolor.cli import add_config_arguments, config_from_args, run_main
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_config_arguments(parser)
-    cfg = config_from_args(parser.parse_args())
-    from distcolor.models.summary import print_summary, summarise  # torch only after the config
-
-    summary = summarise(cfg)
-    print_summary(summary)
-    print(json.dumps(summary["facts"]))
-
+from distcolor.cli.summary import entry
 
 if __name__ == "__main__":
-    run_main(main)
+    entry()

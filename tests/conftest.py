@@ -20,6 +20,11 @@ def pytest_configure(config: pytest.Config) -> None:
         "faults: slow fault-injection runs (kills, full disks, lost ranks), left out of the "
         "default run; `python -m pytest -m faults` runs them",
     )
+    config.addinivalue_line(
+        "markers",
+        "slow: end-to-end runs of whole benchmark suites (a minute or more), left out of the "
+        "default run to keep it under 10 minutes; `python -m pytest -m slow` runs them",
+    )
 
 
 TINY_SHARDS = dict(synthetic=48, synthetic_size=40, size=40, shard_size=6, test_fraction=0.25)

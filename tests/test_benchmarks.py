@@ -43,6 +43,7 @@ def test_bench_step_times_the_gan_step_and_reports_flops():
     assert abs(result["flops_per_s"] - rate) < 0.01 * rate
 
 
+@pytest.mark.slow
 def test_bench_loop_reports_trainer_overhead_and_process_scaling():
     cmd = [
         sys.executable,
@@ -137,6 +138,7 @@ def test_bench_checkpoint_compares_the_synchronous_and_the_background_pause(tmp_
     assert list(tmp_path.iterdir()) == []  # the scratch checkpoints are gone
 
 
+@pytest.mark.slow
 def test_gpu_suite_tiny_runs_every_part_end_to_end_on_cpu(tmp_path):
     """The GPU suite's --tiny mode: every part runs on CPU, so the suite never rots."""
     out = tmp_path / "suite"

@@ -101,3 +101,22 @@ def test_backend_comes_from_the_config_else_the_launcher(monkeypatch):
     monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
     assert resolve_backend(None) == "deepspeed"
     assert resolve_backend("ddp") == "ddp"
+
+
+def test_a_bad_deepspeed_file_is_refused_before_data_or_networks_exist(tmp_path):
+    """Preflight: the JSON is read before synthetic data is built or an engine made."""
+    pytest.importorskip("deepspeed")
+    from tests.helpers import run_script
+
+    shards, runs = tmp_path / "shards", tmp_path / "runs"
+    proc = run_script(
+        "scripts/train.py",
+        "train.backend=deepspeed",
+        f"deepspeed.config={tmp_path / 'missing.json'}",
+        f"data.shards={shards}",
+        f"run.out_dir={runs}",
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.startswith("error: deepspeed.config: ") and "missing.json" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert not shards.exists() and not (runs / "default" / "config.yaml").exists()

@@ -281,7 +281,7 @@ def count_syncs(fn) -> int:
     "precision, pruned", [("no", False), ("bf16", False), ("fp16", False), ("no", True)]
 )
 def test_a_step_synchronises_the_host_only_where_step_py_says(device, precision, pruned):
-    """step.py: `bool(torch.isfinite(norm))` in NetworkUpdate.step is "the one device sync
+    """backends/ddp.py: `bool(torch.isfinite(norm))` in NetworkUpdate.step is "the one device sync
     of the update", so 2 per GANStep call (D's and G's update); in fp16 each GradScaler.step
     may add one (`found_inf.item()` with a foreach optimizer; none with a fused one).
     Pruning masks and clipping must add none. More is a regression."""
@@ -307,7 +307,7 @@ def test_a_step_synchronises_the_host_only_where_step_py_says(device, precision,
 
     syncs = count_syncs(three_steps)
     limit = 3 * (2 + (2 if precision == "fp16" else 0))
-    assert syncs <= limit, f"{syncs} host syncs in 3 steps; step.py documents at most {limit}"
+    assert syncs <= limit, f"{syncs} host syncs in 3 steps; backends/ddp.py says at most {limit}"
 
 
 # -- collectives in a real process group ----------------------------------------------------

@@ -32,7 +32,7 @@ def resolve_backend(configured: str | None) -> str:
 
 
 def _find(path: str) -> Path:
-    """`path` as given, else relative to the checkout (configs/deepspeed/... from anywhere)."""
+    """`path` as given, else among the shipped configs (configs/deepspeed/... from anywhere)."""
     given = Path(path)
     shipped = Path(__file__).resolve().parents[1] / given
     return shipped if not given.exists() and not given.is_absolute() and shipped.exists() else given

@@ -18,12 +18,17 @@ import torch
 from accelerate import Accelerator
 from torch import nn
 
-from distcolor.backends import Backend, build_backend, join_process_group
-from distcolor.backends.deepspeed_config import resolve_backend
+from distcolor.backends import Backend, build_backend, chosen_precision, join_process_group
+from distcolor.backends.deepspeed_config import deepspeed_config, resolve_backend
 from distcolor.backends.distributed import build_accelerator, rank_and_world
 from distcolor.config import Config, config_to_yaml
 from distcolor.data.catalog import Shard, read_manifest, shard_list
-from distcolor.data.loader import LoaderState, build_eval_loader, build_train_loader
+from distcolor.data.loader import (
+    LoaderState,
+    build_eval_loader,
+    build_train_loader,
+    check_train_split,
+)
 from distcolor.data.shards import ensure_shards
 from distcolor.errors import UserError
 from distcolor.evaluate.heldout import HeldOut
@@ -120,6 +125,15 @@ def set_up(cfg: Config, *, resume, batches: Iterable[dict] | None) -> TrainingRu
     restored = _preflight(cfg, accelerator, backend_name, world, resume, candidates, log)
 
     train_shards, test_shards = _shards(accelerator, cfg, log)
+    if batches is None:  # enough shards for every rank and worker, before any network
+        check_train_split(
+            train_shards,
+            batch_size=data.batch_size,
+            world_size=world,
+            num_workers=data.num_workers,
+            sampling=data.sampling,
+            source_weights=data.source_weights,
+        )
     seed = init_seed(cfg)  # the same initial weights on every rank
     generator, discriminator = build_models(cfg.model, seed=seed)
     if cfg.model.sync_batchnorm:
@@ -205,6 +219,8 @@ def _preflight(
     (read and checked), if any."""
     check_image_size(cfg)
     check_memory(cfg, accelerator.device, world=world, backend=backend)
+    if backend == "deepspeed":  # the JSON file read now, not once the networks exist
+        deepspeed_config(cfg, world=world, precision=chosen_precision(cfg.train))
     if resume == "auto" and not candidates:
         ckpt_dir = cfg.run_dir / "checkpoints"
         log(f"--resume auto: no checkpoint in {ckpt_dir} yet; starting the run")

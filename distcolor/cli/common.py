@@ -1,4 +1,4 @@
-"""Shared entry-point plumbing for scripts/*.py: user errors become one line, not a traceback."""
+"""What the programs that take a run config share: `--config FILE` and overrides."""
 
 from __future__ import annotations
 
@@ -6,9 +6,8 @@ import argparse
 from pathlib import Path
 
 from distcolor.config import Config, load_config
-from distcolor.errors import run_main  # noqa: F401 (scripts import it from here)
 
-# The embedded default, found from the checkout whatever the working directory.
+# The embedded default, shipped inside the package (found whatever the working directory).
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "default.yaml"
 
 
