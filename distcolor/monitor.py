@@ -32,7 +32,7 @@ from distcolor.color import AB_SCALE, lab_inputs, lab_to_srgb
 # The one definition of Hasler-Suesstrunk colourfulness is make_shards' filter (numpy,
 # float64, per image): used as is here on the few sample images, so the monitor's numbers
 # are on the same scale as --min-colorfulness and the table in distcolor/data/sources.py.
-from distcolor.data.sources import colorfulness as _colourfulness_hwc
+from distcolor.data.sources import colorfulness as _colorfulness_hwc
 
 
 class ScalarWriter(Protocol):
@@ -47,14 +47,14 @@ class ScalarWriter(Protocol):
 
 HISTOGRAM_BINS = 64
 """Buckets per histogram; TensorBoard re-bins for display anyway."""
-MIN_ORIGINAL_COLOURFULNESS = 1.0
+MIN_ORIGINAL_COLORFULNESS = 1.0
 """Below this the true colours are gray (Lab -> sRGB leaves ~0.01 on gray) and
 colour/ratio_output_to_original is not reported; make_shards keeps images from 10 up."""
 MAX_WEIGHT_TAGS = 32
 """Weight histograms per model at most (the paper U-Net has 16 conv layers, PatchGAN 5)."""
 
 
-def colourfulness(rgb: torch.Tensor) -> torch.Tensor:
+def colorfulness(rgb: torch.Tensor) -> torch.Tensor:
     """Hasler-Suesstrunk colourfulness M of each image: (B, 3, H, W) sRGB, float in [0, 1]
     or uint8 -> (B,) float64 (a single (3, H, W) image -> a 0-d tensor).
 
@@ -68,7 +68,7 @@ def colourfulness(rgb: torch.Tensor) -> torch.Tensor:
     # M is computed on 0..255 values; floats in [0, 1] are scaled, never rounded.
     scale = 1.0 if batch.dtype == torch.uint8 else 255.0
     hwc = (batch.detach().cpu().double() * scale).permute(0, 2, 3, 1).numpy()
-    values = torch.tensor([_colourfulness_hwc(image) for image in hwc], dtype=torch.float64)
+    values = torch.tensor([_colorfulness_hwc(image) for image in hwc], dtype=torch.float64)
     return values[0] if single else values
 
 
@@ -99,15 +99,15 @@ def chroma_report(
     L* and its grayscale's. Chroma means are in CIE a*b* units; hue spreads in degrees,
     averaged over images weighted by each image's total chroma (gray images do not count).
     colour/ratio_output_to_original is left out when the real colours are gray
-    (colourfulness below MIN_ORIGINAL_COLOURFULNESS: nothing to compare with).
+    (colourfulness below MIN_ORIGINAL_COLORFULNESS: nothing to compare with).
     """
     lightness, predicted_ab, real_ab = (
         t.detach().float().cpu() for t in (lightness, predicted_ab, real_ab)
     )
-    out = colourfulness(lab_to_srgb(lightness, predicted_ab)).mean().item()
-    orig = colourfulness(lab_to_srgb(lightness, real_ab)).mean().item()
+    out = colorfulness(lab_to_srgb(lightness, predicted_ab)).mean().item()
+    orig = colorfulness(lab_to_srgb(lightness, real_ab)).mean().item()
     report = {"colour/output": out, "colour/original": orig}
-    if orig >= MIN_ORIGINAL_COLOURFULNESS:
+    if orig >= MIN_ORIGINAL_COLORFULNESS:
         report["colour/ratio_output_to_original"] = out / orig
     for name, ab in (("predicted", predicted_ab), ("real", real_ab)):
         ab = ab * AB_SCALE
@@ -256,10 +256,10 @@ def log_monitoring(
 __all__ = [
     "HISTOGRAM_BINS",
     "MAX_WEIGHT_TAGS",
-    "MIN_ORIGINAL_COLOURFULNESS",
+    "MIN_ORIGINAL_COLORFULNESS",
     "chroma_histograms",
     "chroma_report",
-    "colourfulness",
+    "colorfulness",
     "histogram",
     "hue_spread",
     "log_monitoring",

@@ -35,25 +35,25 @@ def sepia_of(rgb: torch.Tensor) -> torch.Tensor:
     return torch.einsum("ij,bjhw->bihw", SEPIA, gray).clamp(0, 1)
 
 
-def test_colourfulness_is_zero_for_gray_and_high_for_saturated():
+def test_colorfulness_is_zero_for_gray_and_high_for_saturated():
     gray = torch.rand(3, 1, 16, 16).expand(-1, 3, -1, -1)
-    assert monitor.colourfulness(gray).abs().max() < 1e-9
+    assert monitor.colorfulness(gray).abs().max() < 1e-9
     saturated = torch.zeros(2, 3, 16, 16)
     saturated[:, 0, :, :8] = 1.0  # half red, half blue
     saturated[:, 2, :, 8:] = 1.0
-    assert (monitor.colourfulness(saturated) > 100).all()
+    assert (monitor.colorfulness(saturated) > 100).all()
     muted = 0.5 + 0.1 * (saturated - 0.5)
-    assert (monitor.colourfulness(muted) < monitor.colourfulness(saturated) / 5).all()
+    assert (monitor.colorfulness(muted) < monitor.colorfulness(saturated) / 5).all()
 
 
-def test_colourfulness_is_make_shards_measure_for_uint8_and_float():
+def test_colorfulness_is_make_shards_measure_for_uint8_and_float():
     rgb8 = (varied_rgb(2) * 255).round().to(torch.uint8)
     expected = [colorfulness(Image.fromarray(img.permute(1, 2, 0).numpy())) for img in rgb8]
-    assert monitor.colourfulness(rgb8).tolist() == pytest.approx(expected, rel=1e-12)
-    assert monitor.colourfulness(rgb8.float() / 255).tolist() == pytest.approx(expected, rel=1e-6)
-    assert monitor.colourfulness(rgb8[1]).item() == pytest.approx(expected[1], rel=1e-12)
+    assert monitor.colorfulness(rgb8).tolist() == pytest.approx(expected, rel=1e-12)
+    assert monitor.colorfulness(rgb8.float() / 255).tolist() == pytest.approx(expected, rel=1e-6)
+    assert monitor.colorfulness(rgb8[1]).item() == pytest.approx(expected[1], rel=1e-12)
     with pytest.raises(ValueError, match="RGB"):
-        monitor.colourfulness(torch.zeros(2, 1, 4, 4))
+        monitor.colorfulness(torch.zeros(2, 1, 4, 4))
 
 
 def test_ratio_is_one_for_true_chroma_and_near_zero_without_chroma():

@@ -15,7 +15,7 @@ from PIL import Image
 from distcolor.data.synthetic import iter_scenes, render_scene
 
 
-def _colourfulness(rgb: np.ndarray) -> float:
+def _colorfulness(rgb: np.ndarray) -> float:
     """Hasler & Suesstrunk (2003) colourfulness; 0 for a gray image."""
     r, g, b = (rgb[..., i].astype(np.float64) for i in range(3))
     rg, yb = r - g, 0.5 * (r + g) - b
@@ -101,16 +101,16 @@ def test_bad_count_raises_before_iteration(count: object) -> None:
         iter_scenes(count)  # type: ignore[arg-type]
 
 
-def test_colourfulness_metric_sanity() -> None:
+def test_colorfulness_metric_sanity() -> None:
     gray = np.asarray(render_scene(3).convert("L").convert("RGB"))
-    assert _colourfulness(gray) < 1e-9
-    assert _colourfulness(np.asarray(render_scene(3))) > 20
+    assert _colorfulness(gray) < 1e-9
+    assert _colorfulness(np.asarray(render_scene(3))) > 20
 
 
 def test_scenes_are_colourful(scenes: np.ndarray) -> None:
     # Measured: mean about 75 over 50 scenes, lowest of 2000 scenes about 53. A gray image
     # scores 0, so predicting "no colour" is clearly wrong.
-    values = [_colourfulness(im) for im in scenes]
+    values = [_colorfulness(im) for im in scenes]
     assert np.mean(values) > 55
     assert min(values) > 30
 

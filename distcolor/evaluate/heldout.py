@@ -32,7 +32,7 @@ from distcolor.evaluate.metrics import (
     psnr,
     ssim,
 )
-from distcolor.monitor import colourfulness
+from distcolor.monitor import colorfulness
 
 METHODS = ("model", "baseline_gray", "baseline_mean")
 # Per-image means summed over images, then the histograms (counts).
@@ -78,7 +78,7 @@ class ReportSums:
         true_chroma: torch.Tensor,
         true_rgb: torch.Tensor,
         true_lab: torch.Tensor,
-        true_colourfulness: torch.Tensor,
+        true_colorfulness: torch.Tensor,
     ) -> None:
         """Score one method's chroma (B, 2, H, W) for a batch against its originals."""
         output = fitted_srgb(lightness, chroma)  # (B, 3, H, W) in [0, 1], what a user sees
@@ -89,8 +89,8 @@ class ReportSums:
                 psnr(output, true_rgb).double(),
                 ssim(output, true_rgb).double(),
                 ciede2000(lab, true_lab).double().mean(dim=(-2, -1)),
-                colourfulness(output).to(output.device),
-                true_colourfulness,
+                colorfulness(output).to(output.device),
+                true_colorfulness,
                 (chroma.float() - true_chroma).abs().double().mean(dim=(1, 2, 3)),
             ],
             dim=1,
@@ -173,7 +173,7 @@ def evaluate(
             true_chroma=true_chroma,
             true_rgb=true_rgb,
             true_lab=true_lab,
-            true_colourfulness=colourfulness(true_rgb).to(device),
+            true_colorfulness=colorfulness(true_rgb).to(device),
         )
         chroma = {
             "model": generator(lightness).float(),
