@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from distcolor.durable import fsync_path
 from distcolor.errors import UserError, first_line
 
 _NAME = re.compile(r"^step-(\d{8})$")
@@ -53,14 +54,6 @@ def latest_checkpoint(directory: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def staging_path(directory: Path, step: int) -> Path:
     """The hidden folder a checkpoint is written into before it is renamed into place."""
     return Path(directory) / f".{checkpoint_path(directory, step).name}.tmp"
@@ -87,13 +80,13 @@ def finish_checkpoint(
     final = checkpoint_path(directory, step)
     files = sorted(str(f.relative_to(tmp)) for f in tmp.rglob("*") if f.is_file())
     for name in files:
-        _fsync(tmp / name)  # the data is on disk before the marker says so
+        fsync_path(tmp / name)  # the data is on disk before the marker says so
     (tmp / MARKER).write_text(json.dumps({"step": step, "files": files}) + "\n")
-    _fsync(tmp / MARKER)
+    fsync_path(tmp / MARKER)
     if final.exists():  # the same step again (a resumed run's end): replace it
         shutil.rmtree(final)
     os.replace(tmp, final)
-    _fsync(directory)
+    fsync_path(directory)
     prune_checkpoints(directory, keep_last=keep_last, keep_every=keep_every)
     return final
 

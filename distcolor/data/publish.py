@@ -35,6 +35,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from distcolor.durable import fsync_folder
 from distcolor.locks import hidden_sibling
 from distcolor.pause_points import pause_point
 
@@ -54,7 +55,7 @@ def staging_path(out: Path) -> Path:
 
 def publish(staging: Path, out: Path) -> None:
     """Replace `out` (if any) by the complete folder `staging`; see the module notes."""
-    _fsync_dir(staging)
+    fsync_folder(staging)
     pause_point("publish")
     trash = sibling(out, "trash")
     if not out.exists():
@@ -68,7 +69,7 @@ def publish(staging: Path, out: Path) -> None:
         pause_point("publish-gap")
         os.rename(staging, out)
         os.rename(old, trash)
-    _fsync_dir(out.parent)
+    fsync_folder(out.parent)
     pause_point("publish-trash")
     shutil.rmtree(trash, ignore_errors=True)
 
@@ -106,17 +107,3 @@ def _exchange(a: Path, b: Path) -> bool:
     if err in _NO_EXCHANGE:
         return False
     raise OSError(err, os.strerror(err), str(b))
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make renames and new names in `folder` durable (a power cut, not just a kill)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

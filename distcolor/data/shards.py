@@ -64,6 +64,7 @@ from distcolor.data.sources import (
     synthetic_sample,
 )
 from distcolor.data.workers import guard_worker, process_context
+from distcolor.durable import fsync_stream
 from distcolor.errors import UserError
 from distcolor.locks import folder_lock
 
@@ -217,8 +218,7 @@ def _write_shard(task: tuple[ShardJob, str]) -> dict:
                     tar.close()
                 raise
             tar.close()
-            stream.flush()
-            os.fsync(stream.fileno())
+            fsync_stream(stream)
     except OSError as err:
         if err.errno in (errno.ENOSPC, errno.EDQUOT) and not err.filename:
             raise OSError(err.errno, os.strerror(err.errno), str(staging)) from None
@@ -241,8 +241,7 @@ def _write_json(path: Path, data: dict, **dump_args) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "w") as stream:
         stream.write(json.dumps(data, **dump_args))
-        stream.flush()
-        os.fsync(stream.fileno())
+        fsync_stream(stream)
     os.replace(tmp, path)
 
 

@@ -41,6 +41,7 @@ from distcolor.checkpoint import (
 )
 from distcolor.config import ModelConfig
 from distcolor.deepspeed_checkpoint import consolidated_state, is_deepspeed_checkpoint
+from distcolor.durable import fsync_path
 from distcolor.errors import UserError, first_line
 from distcolor.model_checks import (
     StoredConfig,
@@ -257,11 +258,7 @@ def _stage(path: Path, write: Callable[[Path], object]) -> Path:
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # safetensors creates its files private
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_path(tmp)
     except BaseException as err:
         tmp.unlink(missing_ok=True)
         if isinstance(err, OSError):
