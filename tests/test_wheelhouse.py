@@ -16,21 +16,12 @@ from packaging.requirements import Requirement
 from packaging.utils import parse_wheel_filename
 
 from distcolor.errors import UserError
-from distcolor.wheelhouse import (
-    NoWheel,
-    PipDownloader,
-    Target,
-    build_wheelhouse,
-    is_pure,
-    marker_applies,
-    one_version,
-    parse_have,
-    parse_platform,
-    read_have,
-    resolve,
-    summary_table,
-    wheel_metadata,
-)
+from distcolor.wheelhouse import build_wheelhouse, summary_table
+from distcolor.wheelhouse.have import parse_have, read_have
+from distcolor.wheelhouse.pip import PipDownloader
+from distcolor.wheelhouse.resolve import resolve
+from distcolor.wheelhouse.target import Target, marker_applies, parse_platform
+from distcolor.wheelhouse.wheels import NoWheel, is_pure, one_version, wheel_metadata
 from tests.helpers import run_script
 
 
