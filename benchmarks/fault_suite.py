@@ -546,7 +546,7 @@ def export_variant(inputs: Inputs, folder: Path, kind: str) -> Path:
     def encoded_claim():
         import torch
 
-        from distcolor.infer.export import pack_bits
+        from distcolor.infer.compact import pack_bits
 
         name = next(k for k, t in tensors.items() if t.is_floating_point() and t.numel() > 8)
         t = tensors.pop(name)

@@ -5,7 +5,7 @@ which generator to build, and a lie there (a huge width, a damaged config) would
 building it allocate whatever the lie says, long before `load_state_dict` noticed that
 the tensors do not fit. So a file is read in this order:
 
-1. its model config is validated by the config schema (distcolor/config.py) and held to
+1. its model config is validated by the config schema (distcolor/config/) and held to
    bounds (`checked_model`): the schema's own limits plus the caps below;
 2. the generator it describes is built on the meta device (shapes only, no memory), and
    every stored tensor's name, shape and dtype is compared with it (`expected_tensors`,

@@ -22,7 +22,8 @@ from safetensors.torch import save_file
 
 from distcolor.checkpoint import MARKER, STATE, save_checkpoint
 from distcolor.config import load_config
-from distcolor.infer.export import COMPACT, DENSE, export_generator
+from distcolor.infer.export import export_generator
+from distcolor.infer.exported import COMPACT, DENSE
 from distcolor.model_checks import expected_tensors
 from distcolor.models.build import build_generator
 

@@ -20,7 +20,8 @@ from distcolor.deepspeed_checkpoint import (  # noqa: E402
     consolidated_state,
 )
 from distcolor.errors import UserError  # noqa: E402
-from distcolor.infer.export import export_generator, load_exported  # noqa: E402
+from distcolor.infer.export import export_generator  # noqa: E402
+from distcolor.infer.exported import load_exported  # noqa: E402
 from distcolor.models import build_models  # noqa: E402
 from tests.conftest import tiny_overrides  # noqa: E402
 from tests.helpers import assert_bitwise_equal, copy_stopped_at  # noqa: E402

@@ -1,5 +1,6 @@
-"""distcolor/infer/export.py and scripts/export.py: dense and compact generators from
-checkpoints written here by hand (no training), bit-exact round trips, refusals."""
+"""distcolor/infer/ (export, exported, compact) and scripts/export.py: dense and compact
+generators from checkpoints written here by hand (no training), bit-exact round trips,
+refusals."""
 
 from __future__ import annotations
 
@@ -20,19 +21,9 @@ from torch import nn
 from distcolor.checkpoint import MARKER, STATE, load_checkpoint, save_checkpoint
 from distcolor.config import load_config
 from distcolor.errors import UserError
-from distcolor.infer.export import (
-    COMPACT,
-    CONFIG,
-    DENSE,
-    FORMAT,
-    compact_tensors,
-    expand_tensors,
-    export_generator,
-    load_compact,
-    load_exported,
-    pack_bits,
-    unpack_bits,
-)
+from distcolor.infer.compact import compact_tensors, expand_tensors, pack_bits, unpack_bits
+from distcolor.infer.export import export_generator
+from distcolor.infer.exported import COMPACT, CONFIG, DENSE, FORMAT, load_compact, load_exported
 from distcolor.models.build import build_generator
 
 ROOT = Path(__file__).resolve().parents[1]

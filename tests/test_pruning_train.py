@@ -10,7 +10,8 @@ import torch
 from distcolor.checkpoint import checkpoint_path, load_checkpoint
 from distcolor.config import load_config
 from distcolor.errors import UserError
-from distcolor.infer.export import COMPACT, export_generator, load_compact
+from distcolor.infer.export import export_generator
+from distcolor.infer.exported import COMPACT, load_compact
 from distcolor.train.loop import train
 from tests.conftest import reset_accelerate, tiny_overrides
 from tests.helpers import TRAINING_STATE, assert_bitwise_equal, copy_stopped_at

@@ -27,7 +27,8 @@ from distcolor.errors import run_main
 from distcolor.paths import existing_path, make_folder
 
 
-def main() -> None:
+def _parse_arguments() -> argparse.Namespace:
+    """The command line, its numbers range-checked too (a mistake exits with status 2)."""
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
         epilog=__doc__.split("\n\n")[-1],
@@ -59,6 +60,11 @@ def main() -> None:
         parser.error("--render-size must be at least 1")
     if not (0 <= args.saturation < float("inf")):
         parser.error("--saturation must be a finite number >= 0")
+    return args
+
+
+def main() -> None:
+    args = _parse_arguments()
 
     from PIL import Image
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn

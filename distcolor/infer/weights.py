@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from distcolor.errors import UserError
-from distcolor.infer.export import COMPACT, DENSE, WEIGHTS, checkpoint_generator, load_exported
+from distcolor.infer.exported import COMPACT, DENSE, load_exported
+from distcolor.infer.from_checkpoint import WEIGHTS, checkpoint_generator
 from distcolor.models.unet import UNetGenerator
 from distcolor.sizes import unet_multiple
 
