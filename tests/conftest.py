@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from distcolor.data.shards import build_shards
+from distcolor.data.shard_build import build_shards
 
 
 def pytest_configure(config: pytest.Config) -> None:

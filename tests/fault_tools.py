@@ -466,7 +466,7 @@ class FaultContext:
     @property
     def shards(self) -> Path:
         if self._shards is None:
-            from distcolor.data.shards import build_shards
+            from distcolor.data.shard_build import build_shards
             from tests.conftest import TINY_SHARDS
 
             out = self.work / "shards"

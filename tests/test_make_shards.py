@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import distcolor.data.shards as shards_module
+import distcolor.data.shard_build as shard_build
 from distcolor.data.catalog import read_manifest
 from distcolor.data.publish import staging_path
-from distcolor.data.shards import build_shards, few_shards_warning
+from distcolor.data.shard_build import build_shards
+from distcolor.data.shard_manifest import few_shards_warning
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -145,7 +146,7 @@ def test_an_interrupted_build_resumes_keeping_finished_shards(tmp_path, monkeypa
     args = dict(folders=[("p", src)], size=32, shard_size=3, test_fraction=0.25)
     clean = build_shards(tmp_path / "clean", **args)
 
-    real, written = shards_module._write_shard, []
+    real, written = shard_build.write_shard, []
 
     def dies_on_the_fourth(task):
         if len(written) == 3:
@@ -153,7 +154,7 @@ def test_an_interrupted_build_resumes_keeping_finished_shards(tmp_path, monkeypa
         written.append(task[0].name)
         return real(task)
 
-    monkeypatch.setattr(shards_module, "_write_shard", dies_on_the_fourth)
+    monkeypatch.setattr(shard_build, "write_shard", dies_on_the_fourth)
     out = tmp_path / "out"
     with pytest.raises(KeyboardInterrupt):
         build_shards(out, **args)
@@ -165,7 +166,7 @@ def test_an_interrupted_build_resumes_keeping_finished_shards(tmp_path, monkeypa
     record = json.loads((staging / f"{written[0]}.json").read_text())
     (staging / f"{written[0]}.json").write_text(json.dumps({**record, "plan": "other"}))
 
-    monkeypatch.setattr(shards_module, "_write_shard", real)
+    monkeypatch.setattr(shard_build, "write_shard", real)
     logs = []
     resumed = build_shards(out, log=logs.append, **args)
     n_jobs = len(clean["splits"]["train"]["shards"]) + len(clean["splits"]["test"]["shards"])

@@ -15,7 +15,8 @@ from PIL import Image
 
 from distcolor.data.catalog import shard_list
 from distcolor.data.publish import sibling
-from distcolor.data.shards import build_shards, ensure_shards
+from distcolor.data.shard_build import build_shards
+from distcolor.data.shards import ensure_shards
 from distcolor.errors import UserError
 from distcolor.locks import lock_path
 from distcolor.pause_points import PAUSE_VARIABLE

@@ -6,8 +6,9 @@ import pytest
 from PIL import Image
 
 from distcolor.data.catalog import MANIFEST, read_manifest, shard_list
+from distcolor.data.plan import assign_split
 from distcolor.data.publish import staging_path
-from distcolor.data.shards import assign_split, build_shards
+from distcolor.data.shard_build import build_shards
 from distcolor.errors import UserError
 
 

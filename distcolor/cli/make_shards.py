@@ -12,7 +12,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from distcolor.data.shards import build_shards, few_shards_warning
+from distcolor.data.shard_build import build_shards
+from distcolor.data.shard_manifest import few_shards_warning
 from distcolor.data.sources import DEFAULT_MIN_COLORFULNESS
 from distcolor.errors import UserError, run_main
 from distcolor.paths import input_folder, output_folder
@@ -25,7 +26,8 @@ def _source(text: str) -> tuple[str, Path]:
     return name, Path(folder)
 
 
-def main() -> None:
+def _parser() -> argparse.ArgumentParser:
+    """The command line: sources, how images are stored, how the set is cut and checked."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True, type=Path, help="output folder (e.g. shards/mydata)")
     p.add_argument(
@@ -59,7 +61,11 @@ def main() -> None:
         help="ranks x loader workers you plan to train with (warns when shards are fewer)",
     )
     p.add_argument("--overwrite", action="store_true", help="replace shards already in --out")
-    a = p.parse_args()
+    return p
+
+
+def main() -> None:
+    a = _parser().parse_args()
     for flag, value, ok in [
         ("--size", a.size, a.size >= 16),
         ("--quality", a.quality, 1 <= a.quality <= 100),
@@ -91,13 +97,21 @@ def main() -> None:
         workers=a.workers,
         overwrite=a.overwrite,
     )
+    _print_summary(a.out, manifest)
+    warning = few_shards_warning(manifest, a.readers)
+    if warning:
+        print(f"warning: {warning}")
+
+
+def _print_summary(out: Path, manifest: dict) -> None:
+    """What the build wrote, per source and split, and the first inputs it skipped."""
     splits = manifest["splits"]
     for name, counts in manifest["sources"].items():
         print(
             f"  {name}: train {counts['train']}, test {counts['test']}, skipped {counts['skipped']}"
         )
     print(
-        f"wrote {a.out}: train {splits['train']['count']} in {len(splits['train']['shards'])} "
+        f"wrote {out}: train {splits['train']['count']} in {len(splits['train']['shards'])} "
         f"shards, test {splits['test']['count']} in {len(splits['test']['shards'])} shards, "
         f"{manifest['duplicates']} duplicates dropped, {manifest['skipped_count']} inputs skipped"
     )
@@ -108,9 +122,6 @@ def main() -> None:
     if manifest["skipped_by_kind"]:
         kinds = ", ".join(f"{k} {n}" for k, n in manifest["skipped_by_kind"].items())
         print(f"skipped by kind: {kinds}")
-    warning = few_shards_warning(manifest, a.readers)
-    if warning:
-        print(f"warning: {warning}")
 
 
 def entry() -> None:

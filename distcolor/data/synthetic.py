@@ -29,6 +29,7 @@ import hashlib
 import numbers
 import operator
 from collections.abc import Iterator
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image
@@ -80,6 +81,32 @@ def _box(s: int, x0: float, x1: float, y0: float, y1: float) -> tuple[slice, sli
     return (slice(i0, i1), slice(j0, j1)) if i0 < i1 and j0 < j1 else None
 
 
+class _Canvas(NamedTuple):
+    """The picture being painted (float RGB, changed in place) and its pixel coordinates."""
+
+    img: np.ndarray
+    X: np.ndarray  # (1, s): unit x of each column's centre
+    Y: np.ndarray  # (s, 1): unit y of each row's centre
+    s: int
+
+
+class _Sky(NamedTuple):
+    horizon: float
+    sunset: bool
+    hor: np.ndarray  # colour at the horizon: it also hazes mountains and tints water
+
+
+class _Sun(NamedTuple):
+    shown: bool
+    x: float  # drawn even when not shown: it also says which side mountains are lit from
+    r: float
+    color: tuple
+
+
+# Every helper below draws from `rng` (and `tex`) in the order render_scene calls them; that
+# order is part of the dataset: changing it changes every scene.
+
+
 def render_scene(seed: int, size: int = 96) -> Image.Image:
     """RGB image of size x size, fully determined by (seed, size)."""
     _check_size(size)
@@ -87,12 +114,28 @@ def render_scene(seed: int, size: int = 96) -> Image.Image:
     rng = np.random.default_rng([key, 0])  # layout: same draws at every size
     tex = np.random.default_rng([key, 1])  # per-pixel texture: depends on size
     s = int(size)
-    u = rng.uniform
     coords = ((np.arange(s) + 0.5) / s).astype(np.float32)
     Y, X = coords[:, None], coords[None, :]
 
-    # Sky: a vertical gradient; sunsets swap the pale horizon for orange.
-    horizon = u(0.42, 0.6)
+    sky, img = _sky(rng, Y, s)
+    c = _Canvas(img, X, Y, s)
+    sun = _sun(rng, c, sky)
+    _clouds(rng, c, sky)
+    _mountains(rng, c, sky, sun)
+    # Ground: an optional dark forest band on the far shore, then water, then grass.
+    _far_forest(rng, c, sky)
+    grass_top = _water(rng, tex, c, sky, sun)
+    _grass(rng, tex, c, sky, grass_top)
+    _trees(rng, c, sky, grass_top)
+
+    # A few levels of per-pixel noise, then round to bytes.
+    img += 3.0 * (tex.random((s, s, 3), np.float32) + tex.random((s, s, 3), np.float32) - 1.0)
+    return Image.fromarray(np.clip(img + 0.5, 0, 255).astype(np.uint8), "RGB")
+
+
+def _sky(rng: np.random.Generator, Y: np.ndarray, s: int) -> tuple[_Sky, np.ndarray]:
+    """A vertical gradient; sunsets swap the pale horizon for orange. Returns the new image."""
+    horizon = rng.uniform(0.42, 0.6)
     sunset = rng.random() < 0.12
     if sunset:
         top, hor = _jitter(rng, (60, 70, 140), 15), _jitter(rng, (250, 145, 80), 12)
@@ -100,18 +143,26 @@ def render_scene(seed: int, size: int = 96) -> Image.Image:
         top, hor = _jitter(rng, (40, 95, 190), 15), _jitter(rng, (175, 210, 240), 10)
     t = np.sqrt(np.clip(Y / horizon, 0.0, 1.0))[..., None]
     img = np.broadcast_to(top + (hor - top) * t, (s, s, 3)).copy()
+    return _Sky(horizon, sunset, hor), img
 
-    # Sun: a white-yellow disc with a halo; low in the sky at sunset.
-    has_sun = rng.random() < 0.6
+
+def _sun(rng: np.random.Generator, c: _Canvas, sky: _Sky) -> _Sun:
+    """A white-yellow disc with a halo (in six scenes of ten); low in the sky at sunset."""
+    u = rng.uniform
+    shown = rng.random() < 0.6
     sx, sr = u(0.1, 0.9), u(0.035, 0.065)
-    sy = horizon - u(0.08, 0.15) if sunset else u(0.08, horizon - 0.15)
-    sun_col = (255, 225, 150) if sunset else (255, 252, 230)
-    if has_sun:
-        d2 = (X - sx) ** 2 + (Y - sy) ** 2
-        _paint(img, 0.5 / (1.0 + d2 / (1.8 * sr) ** 2), sun_col)
-        _paint(img, _soft(sr - np.sqrt(d2), s), sun_col)
+    sy = sky.horizon - u(0.08, 0.15) if sky.sunset else u(0.08, sky.horizon - 0.15)
+    color = (255, 225, 150) if sky.sunset else (255, 252, 230)
+    if shown:
+        d2 = (c.X - sx) ** 2 + (c.Y - sy) ** 2
+        _paint(c.img, 0.5 / (1.0 + d2 / (1.8 * sr) ** 2), color)
+        _paint(c.img, _soft(sr - np.sqrt(d2), c.s), color)
+    return _Sun(shown, sx, sr, color)
 
-    # Clouds: unions of round puffs with a flat, greyer base.
+
+def _clouds(rng: np.random.Generator, c: _Canvas, sky: _Sky) -> None:
+    """Up to four clouds: unions of round puffs with a flat, greyer base."""
+    u, s, horizon = rng.uniform, c.s, sky.horizon
     for _ in range(int(rng.integers(0, 5))):
         cx, cy, cw = u(-0.05, 1.05), u(0.06, horizon - 0.12), u(0.1, 0.3)
         puffs = [
@@ -123,17 +174,20 @@ def render_scene(seed: int, size: int = 96) -> Image.Image:
         if box is None:
             continue
         by, bx = box
-        y, x = Y[by], X[:, bx]
+        y, x = c.Y[by], c.X[:, bx]
         alpha = np.zeros((y.shape[0], x.shape[1]), np.float32)
         for px, py, pr in puffs:
             alpha = np.maximum(alpha, _soft(pr - np.sqrt((x - px) ** 2 + (y - py) ** 2), s / 2))
         alpha *= _soft(base - y, s) * opacity
         shade = np.clip((y - cy + 0.05) / 0.07, 0.0, 1.0)[..., None]
-        white = np.float32((250, 215, 200) if sunset else (250, 250, 253))
-        grey = np.float32((185, 150, 160) if sunset else (200, 208, 222))
-        _paint(img[by, bx], alpha, white + (grey - white) * shade)
+        white = np.float32((250, 215, 200) if sky.sunset else (250, 250, 253))
+        grey = np.float32((185, 150, 160) if sky.sunset else (200, 208, 222))
+        _paint(c.img[by, bx], alpha, white + (grey - white) * shade)
 
-    # Mountains: far ranges hazier and bluer; snow above a ragged snow line.
+
+def _mountains(rng: np.random.Generator, c: _Canvas, sky: _Sky, sun: _Sun) -> None:
+    """Up to two ranges, far ones hazier and bluer; snow above a ragged snow line."""
+    u, s, Y, horizon = rng.uniform, c.s, c.Y, sky.horizon
     ranges = [((115, 130, 160), u(0.14, 0.3), 0.35), ((120, 105, 90), u(0.06, 0.15), 0.1)]
     for col, height, haze in ranges[: int(rng.choice(3, p=[0.25, 0.35, 0.4]))]:
         ridge = horizon - height * (0.1 + 0.9 * _noise1d(rng, s, 5)).astype(np.float32)
@@ -143,47 +197,72 @@ def render_scene(seed: int, size: int = 96) -> Image.Image:
         k = max(s // 16, 2)
         cum = np.cumsum(np.pad(ridge, (k, k), mode="edge"), dtype=np.float64)
         slope = (cum[2 * k :] - 2 * cum[k:-k] + cum[: -2 * k]) * (s / (k * k))
-        side = 1.0 if sx < 0.5 else -1.0
+        side = 1.0 if sun.x < 0.5 else -1.0
         lit = (1.0 + np.clip(-slope * side * 0.8, -0.25, 0.25)).astype(np.float32)
         depth = np.clip((Y - ridge) / height, 0.0, 1.0)[..., None]
         body = _jitter(rng, col, 10) * lit[:, None]
-        body = body + (hor - body) * (haze + 0.3 * depth)
-        _paint(img, inside, body)
+        body = body + (sky.hor - body) * (haze + 0.3 * depth)
+        _paint(c.img, inside, body)
         if rng.random() < 0.75:
             snow_y = horizon - height * u(0.55, 0.8) + 0.03 * (_noise1d(rng, s, 4, 6) - 0.5)
             snow = np.float32((238, 241, 247)) * np.minimum(lit, 1.05)[:, None]
-            _paint(img, inside * _soft(snow_y - Y, s), np.minimum(snow, 255))
+            _paint(c.img, inside * _soft(snow_y - Y, s), np.minimum(snow, 255))
 
-    # Ground: an optional dark forest band on the far shore, then water, then grass.
-    below = _soft(Y - horizon, s)
+
+def _far_forest(rng: np.random.Generator, c: _Canvas, sky: _Sky) -> None:
+    """In four scenes of ten, a dark band of forest just above the horizon."""
     if rng.random() < 0.4:
-        treeline = horizon - u(0.01, 0.035) * _noise1d(rng, s, 3, 12)
-        _paint(img, _soft(Y - treeline, s), _jitter(rng, (35, 75, 40), 8))
+        treeline = sky.horizon - rng.uniform(0.01, 0.035) * _noise1d(rng, c.s, 3, 12)
+        _paint(c.img, _soft(c.Y - treeline, c.s), _jitter(rng, (35, 75, 40), 8))
+
+
+def _water(
+    rng: np.random.Generator, tex: np.random.Generator, c: _Canvas, sky: _Sky, sun: _Sun
+) -> np.ndarray:
+    """In about half the scenes, water below the horizon with the sun's broken reflection.
+    Returns where the grass starts in each column (the horizon when there is no water)."""
+    s, X, Y, horizon = c.s, c.X, c.Y, sky.horizon
     grass_top = np.full(s, horizon, np.float32)
     if rng.random() < 0.55:
-        depth = u(0.12, 0.35) * (1.0 - horizon) / 0.5
+        below = _soft(Y - horizon, s)
+        depth = rng.uniform(0.12, 0.35) * (1.0 - horizon) / 0.5
         grass_top = horizon + depth * (1.0 + 0.4 * (_noise1d(rng, s, 3) - 0.5))
         deep = _jitter(rng, (25, 70, 140), 10)
-        far = (hor + deep) * 0.5
+        far = (sky.hor + deep) * 0.5
         t = np.clip((Y - horizon) / (1.0 - horizon), 0.0, 1.0)[..., None]
         water = far + (deep * 0.75 - far) * np.sqrt(t)
         # Horizontal ripples: per-row brightness jitter stretched across the width.
         rows = tex.random((s, 1)).astype(np.float32)
         water = water * (0.95 + 0.1 * rows[..., None])
-        _paint(img, below, water)
-        if has_sun:
-            glint = np.clip(1.0 - np.abs(X - sx) / (1.3 * sr), 0.0, 1.0) * (rows > 0.5)
-            _paint(img, below * glint * 0.7 * (1.0 - t[..., 0]), sun_col)
+        _paint(c.img, below, water)
+        if sun.shown:
+            glint = np.clip(1.0 - np.abs(X - sun.x) / (1.3 * sun.r), 0.0, 1.0) * (rows > 0.5)
+            _paint(c.img, below * glint * 0.7 * (1.0 - t[..., 0]), sun.color)
+    return grass_top
+
+
+def _grass(
+    rng: np.random.Generator,
+    tex: np.random.Generator,
+    c: _Canvas,
+    sky: _Sky,
+    grass_top: np.ndarray,
+) -> None:
+    """Grass from `grass_top` down: yellow-green far, darker green near, patchy texture."""
+    s, Y = c.s, c.Y
     far_g, near_g = _jitter(rng, (135, 165, 70), 12), _jitter(rng, (55, 125, 45), 10)
-    if sunset:
+    if sky.sunset:
         far_g, near_g = far_g * 0.75, near_g * 0.75
     t = np.clip((Y - grass_top) / (1.0 - grass_top + 1e-3), 0.0, 1.0)[..., None]
     patches = Image.fromarray(rng.random((6, 6)).astype(np.float32), "F")
     patches = np.asarray(patches.resize((s, s), Image.Resampling.BILINEAR))
     texture = 0.92 + 0.14 * patches + 0.12 * (tex.random((s, s)).astype(np.float32) - 0.5)
-    _paint(img, _soft(Y - grass_top, s), (far_g + (near_g - far_g) * t) * texture[..., None])
+    _paint(c.img, _soft(Y - grass_top, s), (far_g + (near_g - far_g) * t) * texture[..., None])
 
-    # Trees: standing on grass, larger nearer the viewer, drawn back to front.
+
+def _trees(rng: np.random.Generator, c: _Canvas, sky: _Sky, grass_top: np.ndarray) -> None:
+    """Up to six trees standing on the grass, larger nearer the viewer, drawn back to front."""
+    u, s, horizon = rng.uniform, c.s, sky.horizon
     trees = []
     for _ in range(int(rng.integers(0, 7))):
         tx = u(0.03, 0.97)
@@ -196,23 +275,34 @@ def render_scene(seed: int, size: int = 96) -> Image.Image:
         if ty - th > 1.0 or (box := _box(s, tx - 0.3 * th, tx + 0.3 * th, ty - th, ty)) is None:
             continue
         by, bx = box
-        y, x, patch = Y[by], X[:, bx], img[by, bx]
-        trunk_w, crown_bottom = (0.035 if conifer else 0.045) * th, ty - 0.3 * th
-        trunk = _soft(trunk_w - np.abs(x - tx), s) * _soft(ty - y, s)
-        _paint(patch, trunk * _soft(y - crown_bottom + 0.1 * th, s), (95, 65, 40))
-        color = color * (1.0 + np.clip((tx - x) / th, -0.2, 0.2))[..., None]  # lit from the left
-        if conifer:
-            apex, bottom = ty - th, ty - 0.15 * th
-            half = 0.2 * th * (y - apex) / (bottom - apex)
-            crown = _soft(half - np.abs(x - tx), s) * _soft(y - apex, s) * _soft(bottom - y, s)
-        else:
-            cy, r = ty - 0.6 * th, 0.27 * th
-            crown = _soft(r - np.sqrt((x - tx) ** 2 + ((y - cy) / 1.2) ** 2), s)
-        _paint(patch, crown, color)
+        _tree(c.img[by, bx], c.X[:, bx], c.Y[by], s, tx, ty, th, conifer, color)
 
-    # A few levels of per-pixel noise, then round to bytes.
-    img += 3.0 * (tex.random((s, s, 3), np.float32) + tex.random((s, s, 3), np.float32) - 1.0)
-    return Image.fromarray(np.clip(img + 0.5, 0, 255).astype(np.uint8), "RGB")
+
+def _tree(
+    patch: np.ndarray,
+    x: np.ndarray,
+    y: np.ndarray,
+    s: int,
+    tx: float,
+    ty: float,
+    th: float,
+    conifer: bool,
+    color: np.ndarray,
+) -> None:
+    """One tree `th` high whose trunk stands at (tx, ty), painted into `patch` (the pixels
+    at columns x, rows y); draws nothing."""
+    trunk_w, crown_bottom = (0.035 if conifer else 0.045) * th, ty - 0.3 * th
+    trunk = _soft(trunk_w - np.abs(x - tx), s) * _soft(ty - y, s)
+    _paint(patch, trunk * _soft(y - crown_bottom + 0.1 * th, s), (95, 65, 40))
+    color = color * (1.0 + np.clip((tx - x) / th, -0.2, 0.2))[..., None]  # lit from the left
+    if conifer:
+        apex, bottom = ty - th, ty - 0.15 * th
+        half = 0.2 * th * (y - apex) / (bottom - apex)
+        crown = _soft(half - np.abs(x - tx), s) * _soft(y - apex, s) * _soft(bottom - y, s)
+    else:
+        cy, r = ty - 0.6 * th, 0.27 * th
+        crown = _soft(r - np.sqrt((x - tx) ** 2 + ((y - cy) / 1.2) ** 2), s)
+    _paint(patch, crown, color)
 
 
 def iter_scenes(count: int, *, size: int = 96, seed: int = 0) -> Iterator[tuple[str, Image.Image]]:

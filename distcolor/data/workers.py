@@ -29,7 +29,11 @@ import time
 # Imported once by the fork server, so each worker starts with them loaded. One list for
 # every caller: the server starts once per process and ignores later preload changes.
 # forkserver_signals comes first: it protects the server from group signals while it loads.
-PRELOAD = ["distcolor.data.forkserver_signals", "distcolor.data.loader", "distcolor.data.shards"]
+PRELOAD = [
+    "distcolor.data.forkserver_signals",
+    "distcolor.data.loader",
+    "distcolor.data.shard_build",
+]
 
 _QUIET_TRACKER = "ignore:resource_tracker:UserWarning"
 
