@@ -33,10 +33,11 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from distcolor.config import DataConfig
 from distcolor.data.batching import recycle_batches
 from distcolor.data.catalog import read_manifest, shard_list
 from distcolor.data.loader import build_train_loader
-from distcolor.data.shards import build_shards
+from distcolor.data.shard_build import build_shards
 from distcolor.data.synthetic import render_scene
 
 CROP, JITTERED, BATCH, WORKERS = 256, 286, 16, 1
@@ -113,16 +114,10 @@ def _decodes(jpegs: list[bytes]) -> Iterator[int]:
 def _our_loader(shard_dir: Path, *, image_size: int, batch_size: int, workers: int) -> Iterator:
     """distcolor's training loader, consumed as the trainer consumes it."""
     shards = shard_list(shard_dir, read_manifest(shard_dir), "train")
-    loader = build_train_loader(
-        shards,
-        image_size=image_size,
-        batch_size=batch_size,
-        num_workers=workers,
-        shuffle_buffer=256,
-        seed=0,
-        rank=0,
-        world_size=1,
+    data = DataConfig(
+        image_size=image_size, batch_size=batch_size, num_workers=workers, shuffle_buffer=256
     )
+    loader = build_train_loader(shards, data, seed=0, rank=0, world_size=1)
     return recycle_batches(loader)  # as the trainer consumes it
 
 

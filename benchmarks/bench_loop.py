@@ -84,7 +84,7 @@ from distcolor.color import lab_inputs
 from distcolor.config import Config, load_config
 from distcolor.data.catalog import read_manifest, shard_list
 from distcolor.data.loader import build_train_loader
-from distcolor.data.shards import build_shards
+from distcolor.data.shard_build import build_shards
 from distcolor.errors import UserError, run_main
 from distcolor.models import build_models, count_parameters, init_seed
 from distcolor.train.ema import GeneratorEMA
@@ -121,15 +121,9 @@ def loader_batches(cfg: Config, shards: Path) -> list[dict]:
     """A few loader-format batches (uint8 gray/rgb from the real loader, no workers) with
     the fields the trainer's LoaderState bookkeeping reads."""
     manifest = read_manifest(shards)
+    data = cfg.data.model_copy(update={"num_workers": 0, "shuffle_buffer": 8})
     loader = build_train_loader(
-        shard_list(shards, manifest, "train"),
-        image_size=cfg.data.image_size,
-        batch_size=cfg.data.batch_size,
-        num_workers=0,
-        shuffle_buffer=8,
-        seed=0,
-        rank=0,
-        world_size=1,
+        shard_list(shards, manifest, "train"), data, seed=0, rank=0, world_size=1
     )
     out = []
     for batch in loader:

@@ -33,17 +33,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def default_loader(shards, cfg, workers: int):
-    d = cfg.data
-    return build_train_loader(
-        shards,
-        image_size=d.image_size,
-        batch_size=d.batch_size,
-        num_workers=workers,
-        shuffle_buffer=d.shuffle_buffer,
-        seed=0,
-        rank=0,
-        world_size=1,
-    )
+    data = cfg.data.model_copy(update={"num_workers": workers})
+    return build_train_loader(shards, data, seed=0, rank=0, world_size=1)
 
 
 def loader_rate(shards, cfg, workers: int, batches: int) -> float:

@@ -29,7 +29,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from distcolor.color import lab_to_srgb
+from distcolor.color import fit_chroma, lab_inputs, lab_to_srgb
 from distcolor.errors import first_line
 from distcolor.monitor import chroma_histograms, histogram
 
@@ -45,6 +45,20 @@ def sample_grid(lightness: torch.Tensor, chroma: torch.Tensor, rgb: torch.Tensor
     original = rgb.cpu().float() / 255.0
     rows = [torch.cat(list(images), dim=2) for images in (gray, colour, original)]  # (3, H, B*W)
     return torch.cat(rows, dim=1)
+
+
+@torch.no_grad()
+def draw_sample_grid(generator: torch.nn.Module, batch: dict, device: torch.device) -> torch.Tensor:
+    """`sample_grid` of `generator` on a loader batch, its colour gamut-fitted as colorize
+    and the evaluation report show it: the one way training samples and report figures
+    are drawn. Pass an *unwrapped* generator: a DDP forward is a collective (a buffer
+    broadcast), and only rank 0 draws samples."""
+    was_training = generator.training
+    generator.eval()
+    lightness, _ = lab_inputs(batch, device)
+    chroma = fit_chroma(lightness, generator(lightness))
+    generator.train(was_training)
+    return sample_grid(lightness, chroma, batch["rgb"])
 
 
 def save_png(image: torch.Tensor, path: Path) -> None:

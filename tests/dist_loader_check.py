@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from distcolor.config import DataConfig
 from distcolor.data.batching import recycle_batches
 from distcolor.data.catalog import read_manifest, shard_list
 from distcolor.data.loader import build_train_loader
@@ -20,17 +21,10 @@ def main() -> None:
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     shards = shard_list(shards_dir, read_manifest(shards_dir), "train")
-    loader = build_train_loader(
-        shards,
-        image_size=32,
-        batch_size=2,
-        num_workers=1,
-        shuffle_buffer=4,
-        seed=0,
-        rank=rank,
-        world_size=world,
-        sampling=sampling,
+    data = DataConfig(
+        image_size=32, batch_size=2, num_workers=1, shuffle_buffer=4, sampling=sampling
     )
+    loader = build_train_loader(shards, data, seed=0, rank=rank, world_size=world)
     keys, done = [], torch.zeros(1)
     for batch in itertools.islice(recycle_batches(loader), steps):
         keys.append(batch["keys"])

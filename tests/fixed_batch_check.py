@@ -26,10 +26,7 @@ def main() -> None:
     cfg = load_config(None, overrides)
     loader = build_train_loader(
         shard_list(Path(shards), read_manifest(Path(shards)), "train"),
-        image_size=cfg.data.image_size,
-        batch_size=cfg.data.batch_size,
-        num_workers=0,
-        shuffle_buffer=8,
+        cfg.data.model_copy(update={"num_workers": 0, "shuffle_buffer": 8}),
         seed=0,
         rank=int(os.environ.get("RANK", 0)),
         world_size=int(os.environ.get("WORLD_SIZE", 1)),

@@ -221,16 +221,14 @@ def test_loader_batches_arrive_pinned_convert_on_the_device_and_reuse_worker_buf
     buffers that `recycle_batches` hands back when the next batch is drawn, so a batch is
     valid until then. The device tensors are new for every batch (the caching allocator's);
     the code promises no device-side buffer reuse."""
+    from distcolor.config import DataConfig
     from distcolor.data.batching import recycle_batches
     from distcolor.data.catalog import read_manifest, shard_list
     from distcolor.data.loader import build_train_loader
 
     loader = build_train_loader(
         shard_list(tiny_shards, read_manifest(tiny_shards), "train"),
-        image_size=32,
-        batch_size=4,
-        num_workers=1,
-        shuffle_buffer=8,
+        DataConfig(image_size=32, batch_size=4, num_workers=1, shuffle_buffer=8),
         seed=0,
         rank=0,
         world_size=1,

@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from distcolor.color import lab_inputs
+from distcolor.config import DataConfig
 from distcolor.data.batching import decode, recycle_batches, train_view
 from distcolor.data.catalog import read_manifest, shard_list
 from distcolor.data.loader import (
@@ -37,15 +38,18 @@ def train_shards(folder):
     return shard_list(folder, read_manifest(folder), "train")
 
 
-STREAM_ARGS = dict(image_size=32, batch_size=4, shuffle_buffer=8, seed=0, rank=0, world_size=1)
+DATA = dict(image_size=32, batch_size=4, shuffle_buffer=8, num_workers=0)
 
 
-def stream(shards, **kw):
-    return TrainStream(shards, **{**STREAM_ARGS, **kw})
+def stream(shards, *, seed=0, rank=0, world_size=1, state=None, **data):
+    """A TrainStream of `data` settings (DataConfig keys) over DATA's."""
+    place = dict(seed=seed, rank=rank, world_size=world_size, state=state)
+    return TrainStream(shards, DataConfig(**{**DATA, **data}), **place)
 
 
-def loader(shards, *, num_workers=0, **kw):
-    return build_train_loader(shards, num_workers=num_workers, **{**STREAM_ARGS, **kw})
+def loader(shards, *, seed=0, rank=0, world_size=1, state=None, **data):
+    place = dict(seed=seed, rank=rank, world_size=world_size, state=state)
+    return build_train_loader(shards, DataConfig(**{**DATA, **data}), **place)
 
 
 def take(iterable, n):
@@ -361,26 +365,21 @@ def test_eval_readers_split_samples_disjointly(tiny_shards):
 def test_impossible_splits_name_the_setting(tiny_shards, two_sources):
     shards = train_shards(tiny_shards)
     with pytest.raises(UserError, match="^data.num_workers: .* cannot feed 4 rank"):
-        check_train_split(shards, batch_size=4, world_size=4, num_workers=len(shards))
+        check_train_split(shards, DataConfig(batch_size=4, num_workers=len(shards)), world_size=4)
     with pytest.raises(UserError, match="^data.batch_size: 1000 is more than"):
-        check_train_split(shards, batch_size=1000, world_size=1, num_workers=1)
+        check_train_split(shards, DataConfig(batch_size=1000, num_workers=1), world_size=1)
     # Resampling needs no shard per reader.
-    check_train_split(
-        shards, batch_size=4, world_size=4, num_workers=len(shards), sampling="resampled"
-    )
+    resampled = DataConfig(batch_size=4, num_workers=len(shards), sampling="resampled")
+    check_train_split(shards, resampled, world_size=4)
     with pytest.raises(
         UserError,
         match="^data.source_weights: no train shards of faces "
         r"\(sources: big, small\)$",
     ):
-        check_train_split(
-            two_sources,
-            batch_size=4,
-            world_size=1,
-            num_workers=1,
-            sampling="resampled",
-            source_weights={"faces": 1.0},
+        weighted = DataConfig(
+            batch_size=4, num_workers=1, sampling="resampled", source_weights={"faces": 1.0}
         )
+        check_train_split(two_sources, weighted, world_size=1)
 
 
 def test_recycled_buffers_are_reused_only_after_release(tiny_shards):

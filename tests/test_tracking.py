@@ -8,8 +8,8 @@ from PIL import Image
 from rich.console import Console
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from distcolor.color import gray_to_lightness, rgb_to_chroma
-from distcolor.tracking import Tracker, sample_grid
+from distcolor.color import fit_chroma, gray_to_lightness, lab_inputs, rgb_to_chroma
+from distcolor.tracking import Tracker, draw_sample_grid, sample_grid
 
 
 def test_sample_grid_rows_are_gray_output_original():
@@ -110,3 +110,25 @@ def test_histograms_land_in_the_event_file(tmp_path):
     assert hist.max == pytest.approx(values.max().item())
     (real_b,) = events.Histograms("chroma/b_real")
     assert real_b.histogram_value.min == pytest.approx(55.0)  # CIE units: 0.5 * 110
+
+
+class _ConstantChroma(torch.nn.Module):
+    """A 'generator' that predicts far more chroma than sRGB can show, in training mode."""
+
+    def forward(self, lightness):
+        assert not self.training  # grids are drawn in eval mode
+        return torch.full((lightness.shape[0], 2, *lightness.shape[2:]), 0.9)
+
+
+def test_training_samples_and_report_figures_show_fitted_colour():
+    rgb = (torch.rand(2, 3, 8, 8) * 255).round().to(torch.uint8)
+    batch = {"gray": rgb.float().mean(1, keepdim=True).round().to(torch.uint8), "rgb": rgb}
+    generator = _ConstantChroma().train()
+    grid = draw_sample_grid(generator, batch, torch.device("cpu"))
+    assert generator.training  # its mode is restored
+    lightness, _ = lab_inputs(batch, torch.device("cpu"))
+    chroma = torch.full((2, 2, 8, 8), 0.9)
+    fitted = sample_grid(lightness, fit_chroma(lightness, chroma), rgb)
+    clipped = sample_grid(lightness, chroma, rgb)
+    assert torch.equal(grid, fitted)
+    assert not torch.allclose(grid[:, 8:16], clipped[:, 8:16], atol=1e-2)  # fitted, not clipped

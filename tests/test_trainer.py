@@ -304,13 +304,13 @@ def test_evaluation_and_samples_use_the_averaged_generator(tmp_path, tiny_shards
         ),
     )
     sampled = []
-    real_samples = telemetry_module.draw_samples
+    real_samples = telemetry_module.draw_sample_grid
 
     def spy(generator, batch, device):
         sampled.append(generator)
         return real_samples(generator, batch, device)
 
-    monkeypatch.setattr(telemetry_module, "draw_samples", spy)
+    monkeypatch.setattr(telemetry_module, "draw_sample_grid", spy)
     result = train(cfg)
     state = load_checkpoint(latest_checkpoint(cfg.run_dir / "checkpoints"))
     shards = shard_list(tiny_shards, read_manifest(tiny_shards), "test")

@@ -46,6 +46,7 @@ import os
 import random
 from collections import Counter
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 import torch
 from PIL import Image
@@ -71,6 +72,9 @@ from distcolor.data.streams import (
 )
 from distcolor.data.workers import process_context, worker_init
 from distcolor.errors import UserError
+
+if TYPE_CHECKING:
+    from distcolor.config import DataConfig
 
 __all__ = [
     "LoaderState",
@@ -195,25 +199,22 @@ class TrainStream(IterableDataset):
     def __init__(
         self,
         shards: list[Shard],
+        data: DataConfig,
         *,
-        image_size: int,
-        batch_size: int,
-        shuffle_buffer: int,
         seed: int,
         rank: int,
         world_size: int,
-        sampling: str = "epochs",
-        source_weights: dict[str, float] | None = None,
         state: dict | None = None,
     ) -> None:
-        self.shards, self.image_size, self.batch_size = shards, image_size, batch_size
-        self.shuffle_buffer, self.seed = shuffle_buffer, seed
+        # Plain values, not the config: the stream is pickled to every loader worker.
+        self.shards, self.image_size, self.batch_size = shards, data.image_size, data.batch_size
+        self.shuffle_buffer, self.seed = data.shuffle_buffer, seed
         self.rank, self.world_size = rank, world_size
-        self.sampling = sampling
-        self.weights = dict(source_weights or {})
+        self.sampling = data.sampling
+        self.weights = dict(data.source_weights or {})
         self.state = state
         # Draft-decode only what is far larger than the crop's jittered size.
-        self.min_side = round(image_size * JITTER)
+        self.min_side = round(data.image_size * JITTER)
         self.first_round: dict[str, int] = {}
 
     def groups(self) -> dict[str, list[Shard]]:
@@ -299,80 +300,51 @@ class EvalStream(IterableDataset):
 # -- builders ---------------------------------------------------------------------------------
 
 
-def check_train_split(
-    shards: list[Shard],
-    *,
-    batch_size: int,
-    world_size: int,
-    num_workers: int,
-    sampling: str = "epochs",
-    source_weights: dict[str, float] | None = None,
-) -> None:
+def check_train_split(shards: list[Shard], data: DataConfig, *, world_size: int) -> None:
     """UserError naming the setting when the shards cannot feed every rank and worker."""
     present = sorted({s.source for s in shards})
-    if source_weights:
-        unknown = sorted(set(source_weights) - set(present))
+    if data.source_weights:
+        unknown = sorted(set(data.source_weights) - set(present))
         if unknown:
             raise UserError(
                 f"data.source_weights: no train shards of {', '.join(unknown)} "
                 f"(sources: {', '.join(present)})"
             )
-        if not any(w > 0 for w in source_weights.values()):
+        if not any(w > 0 for w in data.source_weights.values()):
             raise UserError("data.source_weights: at least one weight must be > 0")
-    if sampling == "resampled":
+    if data.sampling == "resampled":
         return  # every reader draws from every shard
-    readers = world_size * max(num_workers, 1)
+    workers = max(data.num_workers, 1)
+    readers = world_size * workers
     if len(shards) < readers:
         raise UserError(
             f"data.num_workers: {len(shards)} train shards cannot feed {world_size} rank(s) x "
-            f"{max(num_workers, 1)} worker(s) in epoch mode; lower data.num_workers, write "
+            f"{workers} worker(s) in epoch mode; lower data.num_workers, write "
             "smaller shards, or use data.sampling=resampled"
         )
     _, share = deal_shards(shards, readers)  # what each reader takes per epoch
-    if share < batch_size:
+    if share < data.batch_size:
         raise UserError(
-            f"data.batch_size: {batch_size} is more than the {share} samples each loader "
+            f"data.batch_size: {data.batch_size} is more than the {share} samples each loader "
             f"worker takes per epoch; lower data.batch_size or data.num_workers"
         )
 
 
 def build_train_loader(
     shards: list[Shard],
+    data: DataConfig,
     *,
-    image_size: int,
-    batch_size: int,
-    num_workers: int,
-    shuffle_buffer: int,
     seed: int,
     rank: int,
     world_size: int,
-    sampling: str = "epochs",
-    source_weights: dict[str, float] | None = None,
     state: dict | None = None,
 ) -> DataLoader:
-    """Loader of endless training batches; `state` (a LoaderState.state_dict() of the same
-    rank, worker count and batch size) resumes exactly where that state was taken."""
-    check_train_split(
-        shards,
-        batch_size=batch_size,
-        world_size=world_size,
-        num_workers=num_workers,
-        sampling=sampling,
-        source_weights=source_weights,
-    )
-    stream = TrainStream(
-        shards,
-        image_size=image_size,
-        batch_size=batch_size,
-        shuffle_buffer=shuffle_buffer,
-        seed=seed,
-        rank=rank,
-        world_size=world_size,
-        sampling=sampling,
-        source_weights=source_weights,
-        state=state,
-    )
-    return _loader(stream, num_workers)
+    """Loader of endless training batches as `data` describes them, for one rank; `state`
+    (a LoaderState.state_dict() of the same rank, worker count and batch size) resumes
+    exactly where that state was taken."""
+    check_train_split(shards, data, world_size=world_size)
+    stream = TrainStream(shards, data, seed=seed, rank=rank, world_size=world_size, state=state)
+    return _loader(stream, data.num_workers)
 
 
 def build_eval_loader(

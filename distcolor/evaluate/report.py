@@ -16,7 +16,6 @@ from pathlib import Path
 
 import torch
 
-from distcolor.color import fit_chroma, lab_inputs
 from distcolor.data.catalog import check_crop_size, read_manifest, shard_list, stored_size
 from distcolor.data.loader import build_eval_loader
 from distcolor.errors import UserError
@@ -24,7 +23,7 @@ from distcolor.evaluate.figures import plot_losses
 from distcolor.evaluate.heldout import METHODS, HeldOut
 from distcolor.infer.colorizer import usable_device
 from distcolor.infer.weights import load_generator
-from distcolor.tracking import sample_grid, save_png
+from distcolor.tracking import draw_sample_grid, save_png
 
 GRID_IMAGES = 8
 
@@ -91,28 +90,31 @@ def write_report(
     }
     report["files"] = {"metrics": str(out_dir / "metrics.json")}
     _write_json(report, out_dir / "metrics.json")  # first: a figure that fails loses no scores
-    notes = []
-
     grid = _grid(generator, test, size=size, count=grid_images, device=chosen)
     if grid is not None:
         save_png(grid, out_dir / "grid.png")
         report["files"]["grid"] = str(out_dir / "grid.png")
-    tb = trained.run_dir / "tb" if trained.run_dir is not None else None
-    if tb is not None and tb.is_dir():
-        try:
-            plot_losses(tb, out_dir / "losses.png", l1_weight=trained.l1_weight)
-            report["files"]["losses"] = str(out_dir / "losses.png")
-        except UserError as err:
-            notes.append(f"losses.png not drawn: {err}")
-    else:
-        notes.append(
-            "losses.png not drawn: the checkpoint is not inside a run folder with TensorBoard "
-            "logs (tb/)"
-        )
+    notes = _draw_losses(trained, out_dir, report["files"])
     if notes:
         report["notes"] = notes
     _write_json(report, out_dir / "metrics.json")
     return report
+
+
+def _draw_losses(trained, out_dir: Path, files: dict) -> list[str]:
+    """Figure 2, the loss curves, from the run's TensorBoard logs; notes on why not."""
+    tb = trained.run_dir / "tb" if trained.run_dir is not None else None
+    if tb is None or not tb.is_dir():
+        return [
+            "losses.png not drawn: the checkpoint is not inside a run folder with TensorBoard "
+            "logs (tb/)"
+        ]
+    try:
+        plot_losses(tb, out_dir / "losses.png", l1_weight=trained.l1_weight)
+    except UserError as err:
+        return [f"losses.png not drawn: {err}"]
+    files["losses"] = str(out_dir / "losses.png")
+    return []
 
 
 def _write_json(report: dict, path: Path) -> None:
@@ -146,9 +148,7 @@ def _grid(generator, test_shards: list, *, size: int, count: int, device) -> tor
         "gray": torch.cat([b["gray"] for b in batches])[:count],
         "rgb": torch.cat([b["rgb"] for b in batches])[:count],
     }
-    lightness, _ = lab_inputs(batch, device)
-    chroma = fit_chroma(lightness, generator(lightness).float())
-    return sample_grid(lightness, chroma, batch["rgb"])
+    return draw_sample_grid(generator, batch, device)
 
 
 def summary_lines(report: dict) -> list[str]:

@@ -126,30 +126,16 @@ def set_up(cfg: Config, *, resume, batches: Iterable[dict] | None) -> TrainingRu
 
     train_shards, test_shards = _shards(accelerator, cfg, log)
     if batches is None:  # enough shards for every rank and worker, before any network
-        check_train_split(
-            train_shards,
-            batch_size=data.batch_size,
-            world_size=world,
-            num_workers=data.num_workers,
-            sampling=data.sampling,
-            source_weights=data.source_weights,
-        )
+        check_train_split(train_shards, data, world_size=world)
     seed = init_seed(cfg)  # the same initial weights on every rank
     generator, discriminator = build_models(cfg.model, seed=seed)
     if cfg.model.sync_batchnorm:
         generator, discriminator = _sync_batchnorm(generator, discriminator, accelerator, world)
-    start_step, positions = 0, LoaderState(data.num_workers)
-    if restored is not None:
-        restore_rng(restored.state, rank, world)
-        seed = restored.state.get("init_seed", seed)  # the seed that made these weights
-        start_step = restored.step
-        positions = loader_positions(restored.state, rank=rank, world=world, cfg=cfg, log=log)
+    start_step, seed, positions = _starting_point(cfg, restored, seed, rank, world, log)
     flops = step_flops(cfg, batch_size=data.batch_size)
     facts = _facts(cfg, generator, discriminator, seed=seed, flops=flops, world=world, log=log)
 
-    ema = None
-    if tc.ema_half_life is not None:  # a float32 copy, made before DeepSpeed casts G
-        ema = GeneratorEMA(generator, half_life=tc.ema_half_life, rampup=tc.ema_rampup)
+    ema = _new_ema(cfg, generator)  # a float32 copy, made before DeepSpeed casts G
     backend = build_backend(
         backend_name, cfg, accelerator, generator, discriminator, world=world, seed=seed
     )
@@ -172,19 +158,9 @@ def set_up(cfg: Config, *, resume, batches: Iterable[dict] | None) -> TrainingRu
     )
     fixed = _fixed_batch(cfg, test_shards or train_shards) if accelerator.is_main_process else None
     version = code_version()
-    probe = partial(
-        probe_losses, backend.local_g, backend.local_d, backend.step.objective, fixed,
-        accelerator.device, backend.precision, backend.refresh,
-    )  # fmt: skip
+    probe = _probe(backend, fixed, accelerator.device)
     held_out = _held_out(cfg, accelerator, train_shards, test_shards, rank=rank, world=world)
-    tracker = Tracker(
-        cfg.run_dir, enabled=accelerator.is_main_process, total_steps=tc.max_steps,
-        start_step=start_step,
-    )  # fmt: skip
-    checkpoints = CheckpointWriter(  # leaving its block waits for its last write
-        ckpt_dir, keep_last=tc.keep_last, keep_every=tc.keep_every,
-        background=tc.async_checkpoint, log=log,
-    )  # fmt: skip
+    tracker, checkpoints = _writers(cfg, accelerator, start_step, log)
     return TrainingRun(
         cfg=cfg,
         accelerator=accelerator,
@@ -209,6 +185,46 @@ def set_up(cfg: Config, *, resume, batches: Iterable[dict] | None) -> TrainingRu
         checkpoints=checkpoints,
         version=version,
     )
+
+
+def _starting_point(cfg: Config, restored: Resume | None, seed: int, rank, world, log):
+    """(first step, seed of the initial weights, loader positions): fresh, or the resumed
+    checkpoint's, with this rank's random state restored."""
+    if restored is None:
+        return 0, seed, LoaderState(cfg.data.num_workers)
+    restore_rng(restored.state, rank, world)
+    positions = loader_positions(restored.state, rank=rank, world=world, cfg=cfg, log=log)
+    # The seed that made the checkpoint's initial weights.
+    return restored.step, restored.state.get("init_seed", seed), positions
+
+
+def _new_ema(cfg: Config, generator: nn.Module) -> GeneratorEMA | None:
+    tc = cfg.train
+    if tc.ema_half_life is None:
+        return None
+    return GeneratorEMA(generator, half_life=tc.ema_half_life, rampup=tc.ema_rampup)
+
+
+def _probe(backend: Backend, fixed: dict | None, device: torch.device):
+    """Losses of the fixed batch through both rank-local float32 copies (telemetry)."""
+    return partial(
+        probe_losses, backend.local_g, backend.local_d, backend.step.objective, fixed,
+        device, backend.precision, backend.refresh,
+    )  # fmt: skip
+
+
+def _writers(cfg: Config, accelerator: Accelerator, start_step: int, log):
+    """The progress/TensorBoard tracker (main process) and the checkpoint writer."""
+    tc = cfg.train
+    tracker = Tracker(
+        cfg.run_dir, enabled=accelerator.is_main_process, total_steps=tc.max_steps,
+        start_step=start_step,
+    )  # fmt: skip
+    checkpoints = CheckpointWriter(  # leaving its block waits for its last write
+        cfg.run_dir / "checkpoints", keep_last=tc.keep_last, keep_every=tc.keep_every,
+        background=tc.async_checkpoint, log=log,
+    )  # fmt: skip
+    return tracker, checkpoints
 
 
 def _preflight(
@@ -296,18 +312,12 @@ def _write_run_files(cfg: Config, facts: dict, *, resumed_at: int | None) -> Non
 
 
 def _train_loader(cfg: Config, shards: list[Shard], positions: LoaderState, *, rank, world):
-    data = cfg.data
     return build_train_loader(
         shards,
-        image_size=data.image_size,
-        batch_size=data.batch_size,
-        num_workers=data.num_workers,
-        shuffle_buffer=data.shuffle_buffer,
+        cfg.data,
         seed=cfg.run.seed,
         rank=rank,
         world_size=world,
-        sampling=data.sampling,
-        source_weights=data.source_weights,
         state=positions.state_dict(),
     )
 

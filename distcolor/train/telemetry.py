@@ -14,12 +14,11 @@ from accelerate import Accelerator
 from torch import nn
 
 from distcolor.backends.distributed import broadcast_buffers
-from distcolor.color import lab_inputs
 from distcolor.data.loader import LoaderState
 from distcolor.evaluate.heldout import HeldOut
 from distcolor.evaluate.heldout import scalars as evaluation_scalars
 from distcolor.monitor import log_monitoring
-from distcolor.tracking import Tracker, sample_grid
+from distcolor.tracking import Tracker, draw_sample_grid
 
 SAMPLE_IMAGES = 8  # columns of the sample grid
 
@@ -91,18 +90,6 @@ class StepLog:
         )
 
 
-@torch.no_grad()
-def draw_samples(generator: nn.Module, batch: dict, device: torch.device) -> torch.Tensor:
-    """Sample grid from the *unwrapped* generator: a DDP forward is a collective (buffer
-    broadcast) and only rank 0 draws samples."""
-    was_training = generator.training
-    generator.eval()
-    lightness, _ = lab_inputs(batch, device)
-    chroma = generator(lightness).float()
-    generator.train(was_training)
-    return sample_grid(lightness, chroma, batch["rgb"])
-
-
 def log_pictures(run, step: int) -> None:
     """Sample grids every train.sample_every steps; colour-drift monitors and weight
     histograms every train.hist_every (and both at the last step)."""
@@ -115,7 +102,7 @@ def log_pictures(run, step: int) -> None:
     if not run.is_main or run.fixed is None:
         return
     if sample_due:
-        run.tracker.log_samples(step, draw_samples(run.sampler, run.fixed, run.device))
+        run.tracker.log_samples(step, draw_sample_grid(run.sampler, run.fixed, run.device))
     if hist_due:
         # Drift to grey or sepia shows here first: colourfulness, hue spread and chroma
         # histograms of the fixed samples, plus weight histograms.
