@@ -11,4 +11,8 @@ def __getattr__(name: str):
         from distcolor.infer import colorizer as inference
 
         return getattr(inference, name)
+    if name == "colorize_video":
+        from distcolor.infer import video
+
+        return video.colorize_video
     raise AttributeError(f"module 'distcolor' has no attribute {name!r}")

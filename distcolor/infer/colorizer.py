@@ -106,18 +106,26 @@ class Colorizer:
         small = gray if gray.size == size else gray.resize(size, Image.Resampling.BICUBIC)
         return lightness_input(torch.from_numpy(np.array(small))[None, None])
 
-    @torch.no_grad()
-    def predict(self, grays: list[Image.Image]) -> torch.Tensor:
-        """Scaled chroma (B, 2, R, R) for a batch of gray images, on the device."""
+    def network_inputs(self, grays: list[Image.Image]) -> torch.Tensor:
+        """(B, 1, R, R) network input of a batch of gray images, on the device."""
         t0 = time.perf_counter()
         batch = torch.cat([self.network_input(gray) for gray in grays]).to(self.device)
-        t1 = time.perf_counter()
-        chroma = self.generator(batch).float()
+        self.timings["prepare"] += time.perf_counter() - t0
+        return batch
+
+    @torch.no_grad()
+    def chroma_of(self, lightness: torch.Tensor) -> torch.Tensor:
+        """Scaled chroma (B, 2, R, R) the network predicts for `network_inputs(...)`."""
+        t0 = time.perf_counter()
+        chroma = self.generator(lightness).float()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)  # so `network` times the network
-        self.timings["prepare"] += t1 - t0
-        self.timings["network"] += time.perf_counter() - t1
+        self.timings["network"] += time.perf_counter() - t0
         return chroma
+
+    def predict(self, grays: list[Image.Image]) -> torch.Tensor:
+        """Scaled chroma (B, 2, R, R) for a batch of gray images, on the device."""
+        return self.chroma_of(self.network_inputs(grays))
 
     @torch.no_grad()
     def compose(self, gray: Image.Image, chroma: torch.Tensor) -> np.ndarray:
@@ -182,7 +190,7 @@ def _upsampled_rows(
 
 
 @functools.lru_cache(maxsize=2)
-def _cached_colorizer(checkpoint: str, weights: str, render_size, device: str) -> Colorizer:
+def cached_colorizer(checkpoint: str, weights: str, render_size, device: str) -> Colorizer:
     return Colorizer.from_checkpoint(
         checkpoint, weights=weights, render_size=render_size, device=device
     )
@@ -201,6 +209,6 @@ def colorize(
     generator in `checkpoint` (run folder, checkpoint, DeepSpeed checkpoint or export).
     The loaded generator is kept for the next call with the same checkpoint."""
     chosen = str(device or default_device())
-    colorizer = _cached_colorizer(str(Path(checkpoint).resolve()), weights, render_size, chosen)
+    colorizer = cached_colorizer(str(Path(checkpoint).resolve()), weights, render_size, chosen)
     colorizer.saturation = saturation
     return colorizer(image)

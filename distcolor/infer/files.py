@@ -26,6 +26,8 @@ from PIL import Image
 from distcolor.errors import UserError
 from distcolor.infer.colorizer import Colorizer
 from distcolor.infer.photos import IMAGE_SUFFIXES, Photo, Unreadable, read_photo
+from distcolor.infer.stabilize import DEFAULT_STRENGTH
+from distcolor.infer.video import VIDEO_SUFFIXES, transcode
 from distcolor.paths import checked_stat, output_folder
 
 KEEP_FORMAT = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".tif": "TIFF", ".tiff": "TIFF",
@@ -39,6 +41,10 @@ class Job:
     source: Path
     target: Path  # suffix decided once the image is known (alpha may force PNG)
 
+    @property
+    def is_video(self) -> bool:
+        return self.source.suffix.lower() in VIDEO_SUFFIXES
+
 
 @dataclass
 class Summary:
@@ -46,6 +52,7 @@ class Summary:
     skipped: dict[str, str] = field(default_factory=dict)  # input not read -> reason
     failed: dict[str, str] = field(default_factory=dict)  # input whose output failed -> reason
     existing: list[str] = field(default_factory=list)  # outputs kept (no overwrite)
+    videos: list[dict] = field(default_factory=list)  # a VideoReport per video written
 
     def as_dict(self) -> dict:
         return {
@@ -56,6 +63,8 @@ class Summary:
             "skipped_files": self.skipped,
             "failed_files": self.failed,
             "outputs": self.written,
+            "videos": self.videos,
+            "frames": sum(video["frames"] for video in self.videos),
         }
 
     def problem(self) -> str | None:
@@ -93,7 +102,7 @@ def plan_jobs(inputs: list[Path], out_dir: Path) -> list[Job]:
                 p
                 for p in given.rglob("*")
                 if not p.is_dir()  # FIFOs and devices included: reported, never opened
-                and p.suffix.lower() in IMAGE_SUFFIXES
+                and p.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES
                 # an --out strictly inside the folder holds earlier outputs, not inputs
                 and (out == given.resolve() or out not in p.resolve().parents)
             )
@@ -105,11 +114,11 @@ def plan_jobs(inputs: list[Path], out_dir: Path) -> list[Job]:
                 planned.add((source.resolve(), target))
                 jobs.append(Job(source, target))
     if not jobs:
-        raise UserError(f"no image files in {', '.join(str(p) for p in inputs)}")
+        raise UserError(f"no image or video files in {', '.join(str(p) for p in inputs)}")
     inputs_resolved = {job.source.resolve() for job in jobs}
     seen: dict[Path, Path] = {}
     for job in jobs:
-        for candidate in _candidate_targets(job.target):
+        for candidate in _candidate_targets(job):
             if candidate.resolve() in inputs_resolved:
                 raise UserError(
                     f"--out: {out_dir} would overwrite the input {candidate}; choose another --out"
@@ -123,9 +132,9 @@ def plan_jobs(inputs: list[Path], out_dir: Path) -> list[Job]:
     return jobs
 
 
-def _candidate_targets(target: Path) -> list[Path]:
-    """Every file name a job may end up writing (its own, or its own + .png)."""
-    return [target, _png_name(target)]
+def _candidate_targets(job: Job) -> list[Path]:
+    """Every file name a job may end up writing (its own, or for a photo its own + .png)."""
+    return [job.target] if job.is_video else [job.target, _png_name(job.target)]
 
 
 def _png_name(target: Path) -> Path:
@@ -185,22 +194,65 @@ def colorize_files(
     batch_size: int = 8,
     overwrite: bool = False,
     pair: bool = False,
+    stabilize: float | None = None,
     warn: Callable[[str], None] = print,
     advance: Callable[[int], None] = lambda n: None,
+    video_progress: Callable[[Job], VideoProgress] | None = None,
 ) -> Summary:
-    """Colour every job's image; `pair` writes gray | colour side by side."""
+    """Colour every job's image or video; `pair` writes photos gray | colour side by side;
+    `stabilize`: the videos' stabiliser strength (None: its default)."""
     summary = Summary()
-    todo = []
+    photos, videos = [], []
     for job in jobs:
-        existing = [p for p in _candidate_targets(job.target) if p.exists()]
+        existing = [p for p in _candidate_targets(job) if p.exists()]
         if existing and not overwrite:
             summary.existing.append(str(existing[0]))
             advance(1)
         else:
-            todo.append(job)
+            (videos if job.is_video else photos).append(job)
+    _colorize_photos(colorizer, photos, summary, batch_size, pair, warn, advance)
+    for job in videos:
+        progress = video_progress(job) if video_progress else VideoProgress()
+        _colorize_video(colorizer, job, summary, batch_size, stabilize, warn, progress)
+        advance(1)
+    return summary
+
+
+@dataclass
+class VideoProgress:
+    """Callbacks for one video: its frame count once known (None: unknown), frames done."""
+
+    total: Callable[[int | None], None] = lambda n: None
+    advance: Callable[[int], None] = lambda n: None
+
+
+def _colorize_video(colorizer, job: Job, summary: Summary, batch_size, stabilize, warn, progress):
+    """One video, its outcome counted in `summary` as a photo's is (see video.py)."""
+    strength = DEFAULT_STRENGTH if stabilize is None else stabilize
+    try:
+        report = transcode(
+            colorizer, job.source, job.target, stabilize=strength, batch_size=batch_size,
+            advance=progress.advance, on_total=progress.total,
+        )  # fmt: skip
+    except (Unreadable, UserError) as err:  # UserError: PyAV is not installed
+        summary.skipped[str(job.source)] = str(err)
+        warn(f"skipped {job.source}: {err}")
+        return
+    except (OSError, ValueError) as err:
+        problem = f"cannot write {job.target}: {getattr(err, 'strerror', None) or err}"
+        summary.failed[str(job.source)] = problem
+        warn(f"not written {job.source}: {problem}")
+        return
+    for note in report.notes:
+        warn(f"note {job.source}: {note}")
+    summary.written.append(str(job.target))
+    summary.videos.append(report.as_dict())
+
+
+def _colorize_photos(colorizer, jobs: list[Job], summary: Summary, batch_size, pair, warn, advance):
     with ThreadPoolExecutor(max_workers=2) as readers, ThreadPoolExecutor(max_workers=2) as writers:
         writes: deque[tuple] = deque()
-        for batch, photos in _read_ahead(readers, todo, batch_size):
+        for batch, photos in _read_ahead(readers, jobs, batch_size):
             usable = []
             for job, photo in zip(batch, photos, strict=True):
                 if isinstance(photo, Unreadable):
@@ -221,7 +273,6 @@ def colorize_files(
                 _finish(writes.popleft(), summary, warn)
         while writes:
             _finish(writes.popleft(), summary, warn)
-    return summary
 
 
 def _finish(write: tuple, summary: Summary, warn: Callable[[str], None]) -> None:

@@ -1,0 +1,277 @@
+"""Colour a video: decode, colour frames in batches, stabilise, encode, audio copied.
+
+A reader thread demuxes the input and decodes its frames (PyAV, whose wheels carry
+FFmpeg); the calling thread colours them in batches exactly as colorize colours a photo
+(PIL's grayscale of the decoded frame, the network on a square copy, its chroma
+upsampled and joined to the frame's full-resolution lightness), with the chroma
+stabilised over time (`stabilize.ChromaStabilizer`) between the network and the
+composition; a writer thread encodes the frames and muxes the original audio packets,
+untouched, in their order. Each output frame keeps its input frame's timestamp, so the
+frame count, the frame rate (variable ones too) and the duration are the input's.
+
+The output goes to a hidden name beside the final one and is renamed into place only
+once complete: an interrupted or failed video leaves nothing under the final name. A
+file that is not a video, or has no video stream, is `Unreadable` (skipped and counted);
+a stream that breaks off after some frames (a truncated download) is coloured up to
+where it breaks, with a note. Rotated phone videos are turned upright (the display
+matrix applied to the pixels, as EXIF is for photos); odd frame sizes are encoded as
+4:4:4, which needs no even sides.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from distcolor.color import grayscale
+from distcolor.errors import UserError
+from distcolor.infer.colorizer import Colorizer, cached_colorizer, default_device
+from distcolor.infer.flicker import FlickerMeter
+from distcolor.infer.photos import Unreadable, open_regular
+from distcolor.infer.stabilize import DEFAULT_STRENGTH, ChromaStabilizer
+from distcolor.infer.video_writer import VideoWriter, reason
+
+VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v"}
+"""What a folder walk picks up as video; the output keeps the input's container."""
+
+QUEUE_FRAMES = 32
+"""Decoded and coloured frames in flight between the threads (bounded memory)."""
+
+
+def require_av():
+    """The `av` module, or a one-line UserError naming the extra that installs it."""
+    try:
+        import av
+    except ImportError:
+        raise UserError("colouring videos needs PyAV: pip install 'distcolor[video]'") from None
+    return av
+
+
+@dataclass
+class VideoReport:
+    """What became of one video (the colorize summary lists one per video)."""
+
+    source: str
+    output: str
+    frames: int = 0
+    width: int = 0
+    height: int = 0
+    fps: float | None = None
+    duration_s: float | None = None
+    codec: str = ""
+    audio: str | None = None  # the copied audio stream's codec, if any
+    rotation: int = 0  # degrees turned to bring the frames upright
+    cuts: int = 0  # scene cuts the stabiliser reset at
+    flicker: float | None = None  # of the coloured frames (see stabilize.FlickerMeter)
+    flicker_original: float | None = None  # of the input's own colour, when it has any
+    notes: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class _Frame:
+    pts: int
+    gray: Image.Image
+    rgb: np.ndarray | None  # the input's colour (for flicker_original), None when gray
+
+
+def partial_path(target: Path) -> Path:
+    """The hidden name a video is written under until it is complete (same container)."""
+    return target.with_name(f".{target.stem}.partial{target.suffix}")
+
+
+def transcode(
+    colorizer: Colorizer,
+    source: Path,
+    target: Path,
+    *,
+    stabilize: float,
+    batch_size: int = 8,
+    advance: Callable[[int], None] = lambda n: None,
+    on_total: Callable[[int | None], None] = lambda n: None,
+) -> VideoReport:
+    """Colour the video `source` into `target` (same container). Unreadable when the input
+    is not a video PyAV can read; OSError when the output cannot be written."""
+    av = require_av()
+    report = VideoReport(source=str(source), output=str(target))
+    tmp = partial_path(target)
+    try:
+        with open_regular(source) as file:
+            container = _open_input(av, file)
+            with container:
+                video, audio = _streams(container)
+                on_total(video.frames or None)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                _transcode(
+                    av, colorizer, container, video, audio, tmp, report,
+                    stabilize=stabilize, batch_size=batch_size, advance=advance,
+                )  # fmt: skip
+        if report.frames == 0:
+            raise Unreadable("no frame could be decoded")
+        os.replace(tmp, target)
+        return report
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+
+
+def colorize_video(
+    video: str | Path,
+    out: str | Path,
+    checkpoint: str | Path,
+    *,
+    stabilize: float = DEFAULT_STRENGTH,
+    weights: str = "ema",
+    render_size: int | None = None,
+    saturation: float = 1.0,
+    device: str | None = None,
+    batch_size: int = 8,
+) -> VideoReport:
+    """Colour the video file `video` into `out` (same container) with the generator in
+    `checkpoint`, as `colorize()` colours a photo; the loaded generator is kept for the
+    next call. Unreadable for a file that is not a video; see `transcode`."""
+    chosen = str(device or default_device())
+    colorizer = cached_colorizer(str(Path(checkpoint).resolve()), weights, render_size, chosen)
+    colorizer.saturation = saturation
+    return transcode(colorizer, Path(video), Path(out), stabilize=stabilize, batch_size=batch_size)
+
+
+def _open_input(av, file):
+    try:
+        return av.open(file, "r")
+    except av.FFmpegError as err:
+        raise Unreadable(f"not a video FFmpeg can read ({reason(err)})") from None
+
+
+def _streams(container):
+    video = next((s for s in container.streams.video), None)
+    if video is None:
+        raise Unreadable("no video stream")
+    video.thread_type = "AUTO"  # frame and slice threads in the decoder
+    audio = next((s for s in container.streams.audio), None)
+    return video, audio
+
+
+def _transcode(
+    av, colorizer, container, video, audio, tmp: Path, report: VideoReport,
+    *, stabilize: float, batch_size: int, advance,
+) -> None:  # fmt: skip
+    stabilizer = ChromaStabilizer(stabilize)
+    coloured, original = FlickerMeter(), FlickerMeter()
+    decoded: queue.Queue = queue.Queue(maxsize=QUEUE_FRAMES)
+    stop = threading.Event()
+    reader = threading.Thread(
+        target=_read, args=(container, video, audio, decoded, stop, report), daemon=True
+    )
+    reader.start()
+    writer = None
+    try:
+        for batch, packets in _batches(decoded, batch_size):
+            if writer is None:
+                writer = VideoWriter(av, tmp, video, audio, batch[0].gray.size, report)
+            for packet in packets:
+                writer.put(packet)
+            if not batch:
+                continue
+            grays = [frame.gray for frame in batch]
+            lightness = colorizer.network_inputs(grays)
+            chroma = stabilizer(lightness, colorizer.chroma_of(lightness))
+            for frame, ab in zip(batch, chroma, strict=True):
+                rgb = colorizer.compose(frame.gray, ab[None])
+                coloured.update(rgb)
+                if frame.rgb is not None:
+                    original.update(frame.rgb)
+                writer.put((frame.pts, rgb))
+                report.frames += 1
+            advance(len(batch))
+        if writer is not None:
+            writer.close()
+    finally:
+        stop.set()
+        with contextlib.suppress(queue.Empty):
+            while True:
+                decoded.get_nowait()  # let a blocked reader see `stop`
+        reader.join()
+        if writer is not None:
+            writer.abort()
+    report.cuts = stabilizer.cuts
+    report.flicker, report.flicker_original = coloured.value, original.value
+
+
+def _batches(decoded: queue.Queue, batch_size: int) -> Iterator[tuple[list[_Frame], list]]:
+    """(frames, audio packets that came before the last of them), `batch_size` frames at a
+    time; the reader's error, if any, is raised here."""
+    frames: list[_Frame] = []
+    packets: list = []
+    while True:
+        item = decoded.get()
+        if item is None:
+            break
+        if isinstance(item, BaseException):
+            raise item
+        if isinstance(item, _Frame):
+            frames.append(item)
+            if len(frames) == batch_size:
+                yield frames, packets
+                frames, packets = [], []
+        else:
+            packets.append(item)
+    if frames or packets:
+        yield frames, packets
+
+
+def _read(container, video, audio, out: queue.Queue, stop: threading.Event, report) -> None:
+    """Reader thread: frames (upright, gray + colour) and audio packets, in stream order,
+    then None. A stream that breaks off ends the video there, with a note."""
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            with contextlib.suppress(queue.Full):
+                out.put(item, timeout=0.1)
+                return True
+        return False
+
+    streams = [video] + ([audio] if audio is not None else [])
+    frames = 0
+    last_pts = None
+    try:
+        for packet in container.demux(streams):
+            if packet.stream.type == "audio":
+                if packet.dts is not None and not put(packet):
+                    return
+                continue
+            for frame in packet.decode():
+                pts = frame.pts if frame.pts is not None else (last_pts or 0) + 1
+                if last_pts is not None and pts <= last_pts:
+                    pts = last_pts + 1  # encoders need strictly rising timestamps
+                last_pts = pts
+                if not put(_upright(frame, pts, report)):
+                    return
+                frames += 1
+    except Exception as err:  # noqa: BLE001 - the decoder's error is the input's problem
+        if frames == 0:
+            put(Unreadable(f"cannot decode a frame ({reason(err)})"))
+            return
+        report.notes.append(f"the stream breaks off after {frames} frames ({reason(err)})")
+    put(None)
+
+
+def _upright(frame, pts: int, report: VideoReport) -> _Frame:
+    rgb_image = frame.to_image()  # RGB24 whatever the source's pixel format (10-bit, gray)
+    turn = int(round(getattr(frame, "rotation", 0) or 0)) % 360
+    if turn:
+        rgb_image = rgb_image.rotate(turn, expand=True)  # counter-clockwise, as stored
+        report.rotation = turn
+    gray = grayscale(rgb_image)
+    colour = frame.format.name not in ("gray", "gray10le", "gray12le", "gray16le", "gray8")
+    return _Frame(pts, gray, np.asarray(rgb_image) if colour else None)

@@ -1,0 +1,126 @@
+"""Small real video files for the tests, written with PyAV: every container colorize takes,
+with or without audio, odd sizes, gray and 10-bit sources, a variable frame rate, a
+rotated phone video (a display matrix in the MP4 track header), and broken files."""
+
+from __future__ import annotations
+
+import struct
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+av = __import__("pytest").importorskip("av")
+
+CODECS = {".mp4": "libx264", ".mov": "libx264", ".mkv": "libx264", ".avi": "mpeg4",
+          ".webm": "libvpx-vp9"}  # fmt: skip
+AUDIO = {".webm": "libopus"}  # WebM holds Opus or Vorbis only
+
+
+def frame_pixels(i: int, width: int, height: int) -> np.ndarray:
+    """A colour frame that drifts slowly: stripes over a gradient, a square moving right."""
+    ys, xs = np.mgrid[0:height, 0:width]
+    rgb = np.empty((height, width, 3), np.uint8)
+    rgb[..., 0] = (xs * 255 // max(width - 1, 1) + 2 * i) % 256
+    rgb[..., 1] = 90 + 60 * ((ys // 8) % 2)
+    rgb[..., 2] = (ys * 255 // max(height - 1, 1)) % 256
+    left = (3 * i) % max(width - 8, 1)
+    rgb[height // 3 : height // 3 + 8, left : left + 8] = (250, 240, 40)
+    return rgb
+
+
+def make_video(
+    path: Path,
+    *,
+    frames: int = 12,
+    size: tuple[int, int] = (64, 48),
+    fps: int = 25,
+    pix_fmt: str = "yuv420p",
+    codec: str | None = None,
+    audio: bool = False,
+    pts: list[int] | None = None,
+) -> Path:
+    """A video at `path` (container from its suffix); `pts` (in 1/1000 s) for a variable
+    frame rate."""
+    width, height = size
+    out = av.open(str(path), "w")
+    stream = out.add_stream(codec or CODECS[path.suffix], rate=fps)
+    stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
+    if pts is not None:
+        stream.codec_context.time_base = Fraction(1, 1000)
+    sound = None
+    if audio:
+        sound = out.add_stream(AUDIO.get(path.suffix, "aac"), rate=48000)
+        sound.layout = "mono"
+    for i in range(frames):
+        frame = av.VideoFrame.from_ndarray(frame_pixels(i, width, height), format="rgb24")
+        if pts is not None:
+            frame.pts, frame.time_base = pts[i], Fraction(1, 1000)
+        for packet in stream.encode(frame):
+            out.mux(packet)
+    for packet in stream.encode(None):
+        out.mux(packet)
+    if sound is not None:
+        _tone(out, sound, seconds=frames / fps)
+    out.close()
+    return path
+
+
+def _tone(out, stream, *, seconds: float) -> None:
+    rate, block, start = 48000, 960, 0
+    while start < seconds * rate:
+        t = np.arange(start, start + block) / rate
+        samples = (0.2 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)[None]
+        frame = av.AudioFrame.from_ndarray(samples, format="fltp", layout="mono")
+        frame.sample_rate, frame.pts = rate, start
+        for packet in stream.encode(frame):
+            out.mux(packet)
+        start += block
+    for packet in stream.encode(None):
+        out.mux(packet)
+
+
+def rotate_mp4(path: Path) -> Path:
+    """Mark an MP4 as shot with the phone upright: the track header's display matrix
+    turns the stored frames 90 degrees clockwise, as phones write it."""
+    data = bytearray(path.read_bytes())
+    header = data.index(b"tkhd") + 4
+    assert data[header] == 0  # version 0: the matrix is 40 bytes in
+    matrix = header + 40
+    data[matrix : matrix + 36] = struct.pack(
+        ">9I", 0, 0x00010000, 0, 0xFFFF0000, 0, 0, 0, 0, 0x40000000
+    )
+    path.write_bytes(bytes(data))
+    return path
+
+
+def audio_only(path: Path) -> Path:
+    out = av.open(str(path), "w")
+    sound = out.add_stream("aac", rate=48000)
+    sound.layout = "mono"
+    _tone(out, sound, seconds=0.3)
+    out.close()
+    return path
+
+
+def video_facts(path: Path) -> dict:
+    """What a viewer sees: frames (upright), their timestamps in seconds, size, audio."""
+    with av.open(str(path)) as container:
+        video = container.streams.video[0]
+        audio = container.streams.audio[0] if container.streams.audio else None
+        frames, times = [], []
+        for frame in container.decode(video):
+            frames.append(frame.to_ndarray(format="rgb24"))
+            times.append(round(float(frame.pts * video.time_base), 4))
+        facts = {
+            "frames": frames,
+            "times": times,
+            "size": (frames[0].shape[1], frames[0].shape[0]) if frames else None,
+            "audio": audio.codec_context.name if audio is not None else None,
+        }
+    if audio is not None:
+        with av.open(str(path)) as container:
+            facts["audio_packets"] = [
+                bytes(p) for p in container.demux(container.streams.audio[0]) if p.size
+            ]
+    return facts
