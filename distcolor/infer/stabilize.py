@@ -9,19 +9,29 @@ frame at the render size, blends the new prediction with the previous output:
 
 - carried_{t-1}: the previous output, at the same pixel; with `motion=True`, moved along
   the camera's motion first (a zoom about the centre plus a shift, `infer/motion.py`;
-  pixels a pan reveals have no past and take the prediction). On by default: on the
-  60-frame pan/zoom clip at S = 0.9 it cut flicker 1.51x against 1.24x without (cuts
-  clip 1.25x vs 1.19x); on the faster 20-frame --quick clip it did slightly worse
-  (0.551 vs 0.513), where each bilinear warp blurs the carried chroma a little more;
+  pixels a pan reveals have no past and take the prediction). On by default: without it
+  a pan drags the past colour across the scene and the stabilised pan/zoom clip
+  flickers nearly as much as frame by frame (0.567 vs 0.666 at S = 0.98);
 - gate in [0, 1], per pixel: exp(-(dL / GATE_LSTAR)^2) of the lightness change dL (L*,
   after the motion, 3x3-averaged) — where something moved or changed the colour
   follows the prediction at once, where nothing did the past is kept;
 - S, the strength in [0, 1): an exponential average with memory 1 / (1 - S) frames
-  where nothing changes; 0 returns the prediction unchanged (frame by frame);
+  where nothing changes; 0 returns the prediction unchanged (frame by frame). A long
+  memory is safe where the gate, not S, decides where the colour must follow; its
+  cost is that a scene's first prediction lingers (its weight is S^n after n frames: a
+  bias-corrected start, a running mean over the first frames, was tried and raised the
+  cuts clip's flicker from 0.175 to 0.235, its 30-frame shots being mostly start);
 - a scene cut (mean |dL| over 8x8-pixel blocks above CUT_LSTAR, after the motion)
   starts afresh: the first frame of a scene is its own prediction, nothing blended in.
 
-Tuned on benchmarks/flicker_study.py's clips (docs/colorize.md has the numbers).
+Tuned on benchmarks/flicker_study.py's clips with the warping-error flicker of
+`infer/flicker.py` (docs/colorize.md has the numbers): S = 0.98 and GATE_LSTAR = 10 cut
+flicker 5.4x (pan/zoom) and 3.2x (cuts) against frame by frame, CIEDE2000 to the
+original within +0.3%, for a 200-step default model at render size 64 (S = 0.97: 4.8x
+/ 3.0x). S = 0.9 gave only 2.8x / 2.2x, and 2.4x / 2.1x with GATE_LSTAR = 3, which let
+the warp's own interpolation error at edges (several L* at render size) reopen the
+gate where nothing changed. A real change (a lamp, a moving object: tens of L*) still
+closes it at once.
 """
 
 from __future__ import annotations
@@ -35,9 +45,9 @@ from distcolor.color import L_SCALE
 from distcolor.errors import UserError
 from distcolor.infer.motion import estimate_motion, warp
 
-DEFAULT_STRENGTH = 0.9
-"""Default --stabilize: remembers about 10 frames (0.4 s at 25 fps) where nothing changes."""
-GATE_LSTAR = 3.0
+DEFAULT_STRENGTH = 0.98
+"""Default --stabilize: remembers about 50 frames (2 s at 25 fps) where nothing changes."""
+GATE_LSTAR = 10.0
 """Lightness change (L*) at which a pixel keeps exp(-1) = 37% of its blending weight."""
 CUT_LSTAR = 4.0
 """Mean block lightness change (L*) above which two frames are different scenes."""
@@ -63,7 +73,7 @@ class ChromaStabilizer:
         if not isinstance(strength, int | float) or not 0 <= strength < 1:
             raise UserError(
                 f"--stabilize: {strength!r} must be a number in [0, 1) "
-                "(0 colours frame by frame; 0.8 is the default)"
+                f"(0 colours frame by frame; {DEFAULT_STRENGTH:g} is the default)"
             )
         self.strength, self.motion = float(strength), motion
         self.gate_lstar, self.cut_lstar = gate_lstar, cut_lstar
@@ -103,6 +113,7 @@ class ChromaStabilizer:
             change = F.avg_pool2d(F.pad(change, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
             weight = self.strength * torch.exp(-((change / self.gate_lstar) ** 2)) * inside
             out = chroma.float() + weight * (previous_chroma - chroma.float())
+
         self._lightness, self._chroma = lightness, out
         return out.to(chroma.dtype)
 

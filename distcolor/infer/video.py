@@ -42,6 +42,9 @@ from distcolor.infer.video_writer import VideoWriter, reason
 VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v"}
 """What a folder walk picks up as video; the output keeps the input's container."""
 
+FLICKER_PAIR_EVERY = 4
+"""The summary's flicker samples every 4th pair of frames: measuring all of them would
+take longer than colouring them."""
 QUEUE_FRAMES = 32
 """Decoded and coloured frames in flight between the threads (bounded memory)."""
 
@@ -70,7 +73,7 @@ class VideoReport:
     audio: str | None = None  # the copied audio stream's codec, if any
     rotation: int = 0  # degrees turned to bring the frames upright
     cuts: int = 0  # scene cuts the stabiliser reset at
-    flicker: float | None = None  # of the coloured frames (see stabilize.FlickerMeter)
+    flicker: float | None = None  # of the coloured frames (see flicker.FlickerMeter)
     flicker_original: float | None = None  # of the input's own colour, when it has any
     notes: list[str] = field(default_factory=list)
 
@@ -167,7 +170,7 @@ def _transcode(
     *, stabilize: float, batch_size: int, advance,
 ) -> None:  # fmt: skip
     stabilizer = ChromaStabilizer(stabilize)
-    coloured, original = FlickerMeter(), FlickerMeter()
+    flicker = _FlickerPair()
     decoded: queue.Queue = queue.Queue(maxsize=QUEUE_FRAMES)
     stop = threading.Event()
     reader = threading.Thread(
@@ -178,7 +181,8 @@ def _transcode(
     try:
         for batch, packets in _batches(decoded, batch_size):
             if writer is None:
-                writer = VideoWriter(av, tmp, video, audio, batch[0].gray.size, report)
+                size = batch[0].gray.size
+                writer = VideoWriter(av, tmp, video, audio, size, report, on_frame=flicker)
             for packet in packets:
                 writer.put(packet)
             if not batch:
@@ -187,11 +191,7 @@ def _transcode(
             lightness = colorizer.network_inputs(grays)
             chroma = stabilizer(lightness, colorizer.chroma_of(lightness))
             for frame, ab in zip(batch, chroma, strict=True):
-                rgb = colorizer.compose(frame.gray, ab[None])
-                coloured.update(rgb)
-                if frame.rgb is not None:
-                    original.update(frame.rgb)
-                writer.put((frame.pts, rgb))
+                writer.put((frame.pts, colorizer.compose(frame.gray, ab[None]), frame.rgb))
                 report.frames += 1
             advance(len(batch))
         if writer is not None:
@@ -205,7 +205,22 @@ def _transcode(
         if writer is not None:
             writer.abort()
     report.cuts = stabilizer.cuts
-    report.flicker, report.flicker_original = coloured.value, original.value
+    report.flicker, report.flicker_original = flicker.coloured.value, flicker.original.value
+
+
+class _FlickerPair:
+    """The flicker of the coloured frames and of the input's own colour, measured along
+    one camera-motion estimate (both have the same lightness); runs on the writer thread,
+    beside the network."""
+
+    def __init__(self) -> None:
+        self.coloured = FlickerMeter(pair_every=FLICKER_PAIR_EVERY)
+        self.original = FlickerMeter(pair_every=FLICKER_PAIR_EVERY)
+
+    def __call__(self, rgb: np.ndarray, original: np.ndarray | None) -> None:
+        motion = self.coloured.update(rgb)
+        if original is not None:
+            self.original.update(original, motion=motion)
 
 
 def _batches(decoded: queue.Queue, batch_size: int) -> Iterator[tuple[list[_Frame], list]]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import queue
 import threading
+from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
 
@@ -32,7 +33,12 @@ def encoder_settings(suffix: str, width: int, height: int) -> tuple[str, str, di
 class VideoWriter:
     """Writer thread: encodes coloured frames and muxes the input's audio packets."""
 
-    def __init__(self, av, path: Path, video, audio, size: tuple[int, int], report) -> None:
+    def __init__(
+        self, av, path: Path, video, audio, size: tuple[int, int], report, *,
+        on_frame: Callable = lambda rgb, original: None,
+    ) -> None:  # fmt: skip
+        """on_frame(rgb, original rgb or None): called on this thread for each frame written."""
+        self.on_frame = on_frame
         self.av, self.report = av, report
         width, height = size
         codec, pix_fmt, options = encoder_settings(path.suffix.lower(), width, height)
@@ -103,7 +109,7 @@ class VideoWriter:
 
     def _write(self, item) -> None:
         if isinstance(item, tuple):
-            pts, rgb = item
+            pts, rgb, original = item
             frame = self.av.VideoFrame.from_ndarray(rgb, format="rgb24")
             frame.pts, frame.time_base = pts, self.time_base
             if self.first_pts is None:
@@ -111,6 +117,7 @@ class VideoWriter:
             self.last_pts = pts
             for packet in self.stream.encode(frame):
                 self.output.mux(packet)
+            self.on_frame(rgb, original)
         elif self.audio is not None:
             item.stream = self.audio  # copied as it is: no re-encoding
             self.output.mux(item)
