@@ -264,6 +264,25 @@ def external_weights(model) -> None:
     init.ClearField("raw_data")
 
 
+def external_constant(model) -> None:
+    """A Constant node whose tensor reads a file beside the model (not an initializer)."""
+    tensor = onnx.helper.make_tensor("secret", onnx.TensorProto.UINT8, [16], b"\0" * 16, raw=True)
+    tensor.data_location = onnx.TensorProto.EXTERNAL
+    tensor.external_data.add(key="location", value="secret.bin")
+    tensor.ClearField("raw_data")
+    model.graph.node.append(onnx.helper.make_node("Constant", [], ["peek"], value=tensor))
+
+
+def half_size_output(model) -> None:
+    """The generator's chroma pooled to half size: the declared shapes stay symbolic."""
+    out = model.graph.output[0].name
+    for node in model.graph.node:
+        node.output[:] = ["full" if name == out else name for name in node.output]
+    model.graph.node.append(
+        onnx.helper.make_node("AveragePool", ["full"], [out], kernel_shape=[2, 2], strides=[2, 2])
+    )
+
+
 def written(path: Path, data: bytes) -> Path:
     path.write_bytes(data)
     return path
@@ -293,6 +312,14 @@ HOSTILE = {
     "external data": (
         lambda good, p: relabelled(good, p, external_weights),
         "stored outside the file",
+    ),
+    "external constant": (
+        lambda good, p: relabelled(good, p, external_constant),
+        "stored outside the file",
+    ),
+    "half-size output": (
+        lambda good, p: relabelled(good, p, half_size_output),
+        "not float32 (1, 2,",
     ),
 }
 

@@ -226,7 +226,11 @@ def _cases(b) -> list[tuple[str, list[str], int, str]]:
                 ("out_through", [run, b.photos, "--out", f / "c"], "cannot be created"),
                 ("out_long", [run, b.photos, "--out", t / LONG], "has a name of 300 bytes"),
                 ("out_device", [run, b.photos, "--out", "/dev/null"], "character device"),
-                ("no_images", [run, t / "no_images", "--out", t / "c"], "no image files in"),
+                (
+                    "no_images",
+                    [run, t / "no_images", "--out", t / "c"],
+                    "no image or video files in",
+                ),
                 (
                     "render_size_huge",
                     [run, b.photos, "--out", t / "c", "--render-size", "99968"],

@@ -16,7 +16,7 @@ import torch
 from kornia.color import rgb_to_lab
 from PIL import Image
 
-pytest.importorskip("av")
+av = pytest.importorskip("av")
 ROOT = Path(__file__).resolve().parents[1]
 
 from distcolor.color import grayscale  # noqa: E402
@@ -28,7 +28,15 @@ from distcolor.models.build import build_generator  # noqa: E402
 from distcolor.train.loop import train  # noqa: E402
 from tests.conftest import tiny_overrides  # noqa: E402
 from tests.helpers import run_script  # noqa: E402
-from tests.video_files import audio_only, make_video, rotate_mp4, video_facts  # noqa: E402
+from tests.video_files import (  # noqa: E402
+    audio_only,
+    damaged_video,
+    make_video,
+    no_frames,
+    rotate_mp4,
+    two_audio_tracks,
+    video_facts,
+)
 
 
 @pytest.fixture(scope="module")
@@ -151,6 +159,25 @@ def test_a_stream_that_breaks_off_is_coloured_up_to_the_break(colorizer, tmp_pat
     assert len(video_facts(tmp_path / "out" / "cut.mkv")["frames"]) == report.frames
 
 
+def test_a_damaged_packet_is_skipped_and_the_rest_coloured(colorizer, tmp_path):
+    source = damaged_video(tmp_path / "scratched.mkv", frames=12, bad={0, 6})
+    report = transcode(colorizer, source, tmp_path / "out" / "scratched.mkv", stabilize=0.5)
+    assert report.frames == len(video_facts(tmp_path / "out" / "scratched.mkv")["frames"]) == 10
+    assert any(note.startswith("2 damaged packet(s) skipped") for note in report.notes)
+
+
+def test_every_audio_track_is_copied_and_a_stream_with_no_frame_is_unreadable(colorizer, tmp_path):
+    source = two_audio_tracks(tmp_path / "dubbed.mkv")
+    report = transcode(colorizer, source, tmp_path / "out" / "dubbed.mkv", stabilize=0.5)
+    assert report.audio == "aac,aac"
+    with av.open(str(tmp_path / "out" / "dubbed.mkv")) as container:
+        assert len(container.streams.audio) == 2
+    empty = no_frames(tmp_path / "empty.mkv")
+    with pytest.raises(Unreadable, match="no frame could be decoded"):
+        transcode(colorizer, empty, tmp_path / "out" / "empty.mkv", stabilize=0.5)
+    assert not (tmp_path / "out" / "empty.mkv").exists()
+
+
 def test_an_interrupted_video_leaves_no_output(colorizer, tmp_path):
     source = make_video(tmp_path / "clip.mp4", frames=30)
     target = tmp_path / "out" / "clip.mp4"
@@ -251,3 +278,41 @@ def test_the_python_api_colours_a_video(run_dir, tmp_path):
 
 def pathlib_name(path: str) -> str:
     return Path(path).name
+
+
+def test_outputs_that_would_collide_are_refused_and_partial_videos_are_no_input(tmp_path):
+    from distcolor.errors import UserError
+    from distcolor.infer.files import plan_jobs
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.new("L", (8, 8)).save(folder / "x.gif")
+    Image.new("L", (8, 8)).save(folder / "x.gif.png")  # x.gif's output is x.gif.png too
+    with pytest.raises(UserError, match="would both be written to"):
+        plan_jobs([folder], tmp_path / "out")
+    (folder / "x.gif").unlink()
+    make_video(folder / ".clip.partial.mp4", frames=2)  # left by a killed run
+    assert [job.source.name for job in plan_jobs([folder], tmp_path / "out")] == ["x.gif.png"]
+
+
+def test_sigterm_mid_video_leaves_nothing_under_out(run_dir, tmp_path):
+    import signal
+    import time
+
+    clip = make_video(tmp_path / "long.mp4", frames=400, size=(320, 240))
+    out = tmp_path / "out"
+    process = subprocess.Popen(
+        [sys.executable, "scripts/colorize.py", "--checkpoint", str(run_dir), str(clip),
+         "--out", str(out)],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not (out / ".long.partial.mp4").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert (out / ".long.partial.mp4").exists(), process.communicate()
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 128 + signal.SIGTERM
+    assert "error: terminated (SIGTERM)" in stderr and "Traceback" not in stderr
+    assert list(out.iterdir()) == []

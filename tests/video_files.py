@@ -124,3 +124,61 @@ def video_facts(path: Path) -> dict:
                 bytes(p) for p in container.demux(container.streams.audio[0]) if p.size
             ]
     return facts
+
+
+def damaged_video(path: Path, *, frames: int = 12, bad: set[int] = frozenset({6})) -> Path:
+    """An MJPEG MKV (every packet a whole picture) whose packets in `bad` are zeroed, as a
+    damaged sector or a broken download leaves them."""
+    out = av.open(str(path), "w")
+    stream = out.add_stream("mjpeg", rate=25)
+    stream.width, stream.height, stream.pix_fmt = 64, 48, "yuvj420p"
+    index = 0
+    for i in range(frames + 1):
+        frame = None if i == frames else av.VideoFrame.from_ndarray(
+            frame_pixels(i, 64, 48), format="rgb24"
+        )  # fmt: skip
+        for packet in stream.encode(frame):
+            if index in bad:
+                zeroed = av.Packet(bytes(packet.size))
+                zeroed.pts, zeroed.dts, zeroed.time_base = packet.pts, packet.dts, packet.time_base
+                zeroed.stream = stream
+                packet = zeroed
+            out.mux(packet)
+            index += 1
+    out.close()
+    return path
+
+
+def two_audio_tracks(path: Path) -> Path:
+    """An MKV with a video stream and two audio tracks (say, two languages)."""
+    out = av.open(str(path), "w")
+    stream = out.add_stream("libx264", rate=25)
+    stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+    tracks = []
+    for _ in range(2):
+        sound = out.add_stream("aac", rate=48000)
+        sound.layout = "mono"
+        tracks.append(sound)
+    for i in range(8):
+        frame = av.VideoFrame.from_ndarray(frame_pixels(i, 64, 48), format="rgb24")
+        for packet in stream.encode(frame):
+            out.mux(packet)
+    for packet in stream.encode(None):
+        out.mux(packet)
+    for sound in tracks:
+        _tone(out, sound, seconds=0.32)
+    out.close()
+    return path
+
+
+def no_frames(path: Path) -> Path:
+    """An MKV that declares a video stream but holds only audio packets."""
+    out = av.open(str(path), "w")
+    stream = out.add_stream("libx264", rate=25)
+    stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+    stream.codec_context.open()
+    sound = out.add_stream("aac", rate=48000)
+    sound.layout = "mono"
+    _tone(out, sound, seconds=0.3)
+    out.close()
+    return path

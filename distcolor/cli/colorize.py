@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import time
 import warnings
@@ -102,8 +103,16 @@ def _frame_bar(progress, job):
     )
 
 
+def _terminated(signum, frame) -> None:
+    """SIGTERM (kill, a job's time limit, docker stop) unwinds like Ctrl-C: the video being
+    written loses its hidden partial file, nothing is left under its final name."""
+    print("error: terminated (SIGTERM); finished outputs are kept", file=sys.stderr)
+    raise SystemExit(128 + signum)
+
+
 def main() -> None:
     args = _parse_arguments()
+    signal.signal(signal.SIGTERM, _terminated)
 
     from PIL import Image
 

@@ -16,7 +16,7 @@ import argparse
 import json
 from pathlib import Path
 
-from distcolor.errors import run_main
+from distcolor.errors import UserError, run_main
 from distcolor.paths import existing_path, output_folder
 
 DEFAULT_OPSET = 18  # infer/onnx_export.py's (not imported: torch only once the arguments are fine)
@@ -65,6 +65,11 @@ def _report_safetensors(result: dict, out: Path) -> None:
 def main() -> None:
     args = _parse_arguments()
     existing_path(args.checkpoint, "--checkpoint")
+    if args.checkpoint.suffix.lower() == ".onnx":
+        raise UserError(
+            f"--checkpoint: {args.checkpoint} is an ONNX file, already an export: colour with "
+            "it directly (scripts/colorize.py --checkpoint it); export its checkpoint instead"
+        )
     output_folder(args.out, "--out")
     # torch only once the arguments are fine
     from distcolor.infer.export import export_generator

@@ -51,6 +51,11 @@ def usable_device(device: torch.device | str | None) -> torch.device:
     return chosen
 
 
+def check_saturation(saturation: float) -> None:
+    if not 0 <= saturation < float("inf"):  # NaN fails both comparisons
+        raise UserError(f"--saturation: {saturation} must be a finite number >= 0")
+
+
 class Colorizer:
     """A trained generator, ready to colour photos of any size.
 
@@ -73,8 +78,7 @@ class Colorizer:
                 f"--render-size: {render_size} must be a positive multiple of 2**depth = "
                 f"{multiple} for this generator"
             )
-        if not 0 <= saturation < float("inf"):
-            raise UserError(f"--saturation: {saturation} must be a finite number >= 0")
+        check_saturation(saturation)
         self.device = usable_device(device)
         self.generator = generator.to(self.device).eval()
         self.render_size, self.saturation = render_size, saturation
@@ -209,6 +213,7 @@ def colorize(
     generator in `checkpoint` (run folder, checkpoint, DeepSpeed checkpoint or export).
     The loaded generator is kept for the next call with the same checkpoint."""
     chosen = str(device or default_device())
+    check_saturation(saturation)
     colorizer = cached_colorizer(str(Path(checkpoint).resolve()), weights, render_size, chosen)
     colorizer.saturation = saturation
     return colorizer(image)

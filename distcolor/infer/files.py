@@ -102,6 +102,8 @@ def plan_jobs(inputs: list[Path], out_dir: Path) -> list[Job]:
                 p
                 for p in given.rglob("*")
                 if not p.is_dir()  # FIFOs and devices included: reported, never opened
+                # an interrupted run's hidden partial video is no input
+                and not (p.name.startswith(".") and ".partial." in p.name)
                 and p.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES
                 # an --out strictly inside the folder holds earlier outputs, not inputs
                 and (out == given.resolve() or out not in p.resolve().parents)
@@ -123,12 +125,14 @@ def plan_jobs(inputs: list[Path], out_dir: Path) -> list[Job]:
                 raise UserError(
                     f"--out: {out_dir} would overwrite the input {candidate}; choose another --out"
                 )
-        if job.target in seen:
-            raise UserError(
-                f"inputs {seen[job.target]} and {job.source} would both be written to "
-                f"{job.target}; colour them into separate --out folders"
-            )
-        seen[job.target] = job.source
+        for candidate in _candidate_targets(job):  # x.gif -> x.gif.png meets x.gif.png
+            if candidate in seen:
+                raise UserError(
+                    f"inputs {seen[candidate]} and {job.source} would both be written to "
+                    f"{candidate}; colour them into separate --out folders"
+                )
+        for candidate in _candidate_targets(job):
+            seen[candidate] = job.source
     return jobs
 
 
@@ -204,7 +208,7 @@ def colorize_files(
     summary = Summary()
     photos, videos = [], []
     for job in jobs:
-        existing = [p for p in _candidate_targets(job) if p.exists()]
+        existing = [p for p in _candidate_targets(job) if p.is_file()]  # a folder is no output
         if existing and not overwrite:
             summary.existing.append(str(existing[0]))
             advance(1)

@@ -96,8 +96,32 @@ def _check_graph(model, path: Path) -> None:
         raise _refuse(path, f"its graph must take one input {INPUT!r} and give one {OUTPUT!r}")
     _check_value(inputs[0], INPUT, 1, path)
     _check_value(graph.output[0], OUTPUT, 2, path)
-    if any(init.data_location == 1 for init in graph.initializer):  # EXTERNAL
+    if any(tensor.data_location == 1 for tensor in _every_tensor(graph)):  # EXTERNAL
         raise _refuse(path, "its weights are stored outside the file (external data)")
+
+
+def _every_tensor(graph):
+    """Every tensor a graph holds: initializers (sparse ones too) and node attributes,
+    in subgraphs (If / Loop bodies) as well: any may point at external data."""
+    yield from graph.initializer
+    for sparse in graph.sparse_initializer:
+        yield sparse.values
+        yield sparse.indices
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.HasField("t"):
+                yield attribute.t
+            yield from attribute.tensors
+            if attribute.HasField("sparse_tensor"):
+                yield attribute.sparse_tensor.values
+                yield attribute.sparse_tensor.indices
+            for sparse in attribute.sparse_tensors:
+                yield sparse.values
+                yield sparse.indices
+            if attribute.HasField("g"):
+                yield from _every_tensor(attribute.g)
+            for subgraph in attribute.graphs:
+                yield from _every_tensor(subgraph)
 
 
 def read_onnx(path: Path):
@@ -146,6 +170,8 @@ class OnnxGenerator:
         self.device = torch.device("cpu")
         self._session = None
         self.to(device)
+        side = self.size_multiple  # one small forward now: a file that gives other tensors
+        self(torch.zeros(1, 1, side, side))  # is refused before any photo is read
 
     @property
     def size_multiple(self) -> int:
@@ -211,4 +237,11 @@ class OnnxGenerator:
             )
         feed = np.ascontiguousarray(lightness.detach().to("cpu", torch.float32).numpy())
         (chroma,) = self._session.run([OUTPUT], {INPUT: feed})
+        expected = (feed.shape[0], 2, height, width)
+        if tuple(chroma.shape) != expected or chroma.dtype != np.float32:
+            raise _refuse(
+                self.path,
+                f"it gives {chroma.dtype} {tuple(chroma.shape)} for a lightness of "
+                f"{tuple(feed.shape)}, not float32 {expected}",
+            )
         return torch.from_numpy(chroma).to(lightness.device)

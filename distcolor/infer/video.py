@@ -33,7 +33,12 @@ from PIL import Image
 
 from distcolor.color import grayscale
 from distcolor.errors import UserError
-from distcolor.infer.colorizer import Colorizer, cached_colorizer, default_device
+from distcolor.infer.colorizer import (
+    Colorizer,
+    cached_colorizer,
+    check_saturation,
+    default_device,
+)
 from distcolor.infer.flicker import FlickerMeter
 from distcolor.infer.photos import Unreadable, open_regular
 from distcolor.infer.stabilize import DEFAULT_STRENGTH, ChromaStabilizer
@@ -70,7 +75,7 @@ class VideoReport:
     fps: float | None = None
     duration_s: float | None = None
     codec: str = ""
-    audio: str | None = None  # the copied audio stream's codec, if any
+    audio: str | None = None  # the copied audio streams' codecs (comma-separated), if any
     rotation: int = 0  # degrees turned to bring the frames upright
     cuts: int = 0  # scene cuts the stabiliser reset at
     flicker: float | None = None  # of the coloured frames (see flicker.FlickerMeter)
@@ -106,18 +111,20 @@ def transcode(
     """Colour the video `source` into `target` (same container). Unreadable when the input
     is not a video PyAV can read; OSError when the output cannot be written."""
     av = require_av()
+    stabilizer = ChromaStabilizer(stabilize)  # a bad strength is refused before any work
+    _check_target(source, target, batch_size)
     report = VideoReport(source=str(source), output=str(target))
     tmp = partial_path(target)
     try:
         with open_regular(source) as file:
             container = _open_input(av, file)
             with container:
-                video, audio = _streams(container)
+                video, audio = _streams(container, report)
                 on_total(video.frames or None)
                 target.parent.mkdir(parents=True, exist_ok=True)
                 _transcode(
                     av, colorizer, container, video, audio, tmp, report,
-                    stabilize=stabilize, batch_size=batch_size, advance=advance,
+                    stabilizer=stabilizer, batch_size=batch_size, advance=advance,
                 )  # fmt: skip
         if report.frames == 0:
             raise Unreadable("no frame could be decoded")
@@ -126,6 +133,20 @@ def transcode(
     finally:
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
+
+
+def _check_target(source: Path, target: Path, batch_size: int) -> None:
+    """One-line UserErrors for what the caller asked of the output (the API's callers
+    pass anything; the command line has checked most of it already)."""
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise UserError(f"--batch-size: {batch_size!r} must be an integer of at least 1")
+    if target.suffix.lower() not in VIDEO_SUFFIXES:
+        raise UserError(
+            f"{target}: a video output needs one of the suffixes "
+            f"{', '.join(sorted(VIDEO_SUFFIXES))} (its container)"
+        )
+    if target.exists() and Path(source).exists() and target.samefile(source):
+        raise UserError(f"{target} is the input itself: write the colour video elsewhere")
 
 
 def colorize_video(
@@ -143,6 +164,7 @@ def colorize_video(
     """Colour the video file `video` into `out` (same container) with the generator in
     `checkpoint`, as `colorize()` colours a photo; the loaded generator is kept for the
     next call. Unreadable for a file that is not a video; see `transcode`."""
+    check_saturation(saturation)
     chosen = str(device or default_device())
     colorizer = cached_colorizer(str(Path(checkpoint).resolve()), weights, render_size, chosen)
     colorizer.saturation = saturation
@@ -156,20 +178,23 @@ def _open_input(av, file):
         raise Unreadable(f"not a video FFmpeg can read ({reason(err)})") from None
 
 
-def _streams(container):
+def _streams(container, report: VideoReport):
     video = next((s for s in container.streams.video), None)
     if video is None:
         raise Unreadable("no video stream")
     video.thread_type = "AUTO"  # frame and slice threads in the decoder
-    audio = next((s for s in container.streams.audio), None)
+    audio = list(container.streams.audio)  # every audio track, copied
+    others = [s.type for s in container.streams if s.type not in ("video", "audio")]
+    if len(container.streams.video) > 1 or others:
+        dropped = ", ".join([*["video"] * (len(container.streams.video) - 1), *others])
+        report.notes.append(f"streams not copied: {dropped} (only the first video is coloured)")
     return video, audio
 
 
 def _transcode(
     av, colorizer, container, video, audio, tmp: Path, report: VideoReport,
-    *, stabilize: float, batch_size: int, advance,
+    *, stabilizer: ChromaStabilizer, batch_size: int, advance,
 ) -> None:  # fmt: skip
-    stabilizer = ChromaStabilizer(stabilize)
     flicker = _FlickerPair()
     decoded: queue.Queue = queue.Queue(maxsize=QUEUE_FRAMES)
     stop = threading.Event()
@@ -177,12 +202,16 @@ def _transcode(
         target=_read, args=(container, video, audio, decoded, stop, report), daemon=True
     )
     reader.start()
-    writer = None
+    writer, early = None, []
     try:
         for batch, packets in _batches(decoded, batch_size):
+            if writer is None and not batch:  # audio before any frame (or no frame at all)
+                early.extend(packets)
+                continue
             if writer is None:
                 size = batch[0].gray.size
                 writer = VideoWriter(av, tmp, video, audio, size, report, on_frame=flicker)
+                packets = early + packets
             for packet in packets:
                 writer.put(packet)
             if not batch:
@@ -247,7 +276,8 @@ def _batches(decoded: queue.Queue, batch_size: int) -> Iterator[tuple[list[_Fram
 
 def _read(container, video, audio, out: queue.Queue, stop: threading.Event, report) -> None:
     """Reader thread: frames (upright, gray + colour) and audio packets, in stream order,
-    then None. A stream that breaks off ends the video there, with a note."""
+    then None. A damaged packet is skipped (and counted); a stream that cannot be read on
+    ends the video there, with a note."""
 
     def put(item) -> bool:
         while not stop.is_set():
@@ -256,29 +286,64 @@ def _read(container, video, audio, out: queue.Queue, stop: threading.Event, repo
                 return True
         return False
 
-    streams = [video] + ([audio] if audio is not None else [])
-    frames = 0
-    last_pts = None
+    clock = _Clock(container, video)
+    frames, damaged, problem, size = 0, 0, None, None
     try:
-        for packet in container.demux(streams):
+        for packet in container.demux([video, *audio]):
             if packet.stream.type == "audio":
                 if packet.dts is not None and not put(packet):
                     return
                 continue
-            for frame in packet.decode():
-                pts = frame.pts if frame.pts is not None else (last_pts or 0) + 1
-                if last_pts is not None and pts <= last_pts:
-                    pts = last_pts + 1  # encoders need strictly rising timestamps
-                last_pts = pts
-                if not put(_upright(frame, pts, report)):
+            try:
+                decoded = packet.decode()
+            except Exception as err:  # noqa: BLE001 - a damaged packet: the input's problem
+                damaged, problem = damaged + 1, reason(err)
+                continue
+            for frame in decoded:
+                item = _upright(frame, clock.pts(frame), report)
+                if size is None:
+                    size = item.gray.size
+                elif item.gray.size != size and _RESIZED not in report.notes:
+                    report.notes.append(_RESIZED)
+                if not put(item):
                     return
                 frames += 1
-    except Exception as err:  # noqa: BLE001 - the decoder's error is the input's problem
-        if frames == 0:
-            put(Unreadable(f"cannot decode a frame ({reason(err)})"))
-            return
-        report.notes.append(f"the stream breaks off after {frames} frames ({reason(err)})")
+    except Exception as err:  # noqa: BLE001 - the demuxer's error: the file ends here
+        if frames:
+            report.notes.append(f"the stream breaks off after {frames} frames ({reason(err)})")
+        problem = problem or reason(err)
+    if damaged:
+        report.notes.append(f"{damaged} damaged packet(s) skipped ({problem})")
+    if frames == 0 and problem:
+        put(Unreadable(f"cannot decode a frame ({problem})"))
+        return
     put(None)
+
+
+_RESIZED = "the frame size changes mid-stream: later frames are scaled to the first's size"
+
+
+class _Clock:
+    """Output timestamps: the input's, made strictly rising (encoders need that); in AVI,
+    which stores decoding order only, the frame's place in the sequence."""
+
+    def __init__(self, container, video) -> None:
+        self.last: int | None = None
+        self.step = None
+        if container.format.name == "avi" and video.average_rate and video.time_base:
+            self.step = 1 / (video.average_rate * video.time_base)
+        self.frames = 0
+
+    def pts(self, frame) -> int:
+        if self.step is not None:
+            pts = round(self.frames * self.step)
+        else:
+            pts = frame.pts if frame.pts is not None else (self.last or 0) + 1
+        self.frames += 1
+        if self.last is not None and pts <= self.last:
+            pts = self.last + 1
+        self.last = pts
+        return pts
 
 
 def _upright(frame, pts: int, report: VideoReport) -> _Frame:

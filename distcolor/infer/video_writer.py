@@ -49,10 +49,10 @@ class VideoWriter:
         self.stream.codec_context.time_base = video.time_base  # the input's timestamps
         self.stream.time_base = video.time_base
         self.time_base = video.time_base
-        self.audio = None
-        if audio is not None:
-            self.audio = self.output.add_stream_from_template(audio)
-            report.audio = audio.codec_context.name
+        # each input audio track -> its copy, by stream index
+        self.audio = {a.index: self.output.add_stream_from_template(a) for a in audio}
+        if audio:
+            report.audio = ",".join(a.codec_context.name for a in audio)
         report.width, report.height, report.codec = width, height, codec
         report.fps = float(rate)
         self.first_pts = self.last_pts = None
@@ -118,8 +118,8 @@ class VideoWriter:
             for packet in self.stream.encode(frame):
                 self.output.mux(packet)
             self.on_frame(rgb, original)
-        elif self.audio is not None:
-            item.stream = self.audio  # copied as it is: no re-encoding
+        else:
+            item.stream = self.audio[item.stream.index]  # copied as it is: no re-encoding
             self.output.mux(item)
 
 
