@@ -34,7 +34,7 @@ from tests.video_files import (  # noqa: E402
     make_video,
     no_frames,
     rotate_mp4,
-    two_audio_tracks,
+    size_change_video,
     video_facts,
 )
 
@@ -66,7 +66,7 @@ def gray_lstar(rgb: np.ndarray) -> np.ndarray:
 
 
 def test_a_video_keeps_its_size_frames_timing_audio_and_lightness(colorizer, tmp_path):
-    source = make_video(tmp_path / "home.mp4", frames=20, size=(80, 48), audio=True)
+    source = make_video(tmp_path / "home.mp4", frames=20, size=(80, 48), audio=1)
     target = tmp_path / "out" / "home.mp4"
     report = transcode(colorizer, source, target, stabilize=0.5)
     before, after = video_facts(source), video_facts(target)
@@ -89,7 +89,7 @@ def test_a_video_keeps_its_size_frames_timing_audio_and_lightness(colorizer, tmp
 
 @pytest.mark.parametrize("suffix", [".mov", ".mkv", ".avi", ".webm"])
 def test_every_container_comes_back_in_its_own(colorizer, tmp_path, suffix):
-    source = make_video(tmp_path / f"clip{suffix}", frames=8, audio=suffix != ".avi")
+    source = make_video(tmp_path / f"clip{suffix}", frames=8, audio=int(suffix != ".avi"))
     target = tmp_path / "out" / source.name
     report = transcode(colorizer, source, target, stabilize=0.5)
     facts = video_facts(target)
@@ -167,7 +167,7 @@ def test_a_damaged_packet_is_skipped_and_the_rest_coloured(colorizer, tmp_path):
 
 
 def test_every_audio_track_is_copied_and_a_stream_with_no_frame_is_unreadable(colorizer, tmp_path):
-    source = two_audio_tracks(tmp_path / "dubbed.mkv")
+    source = make_video(tmp_path / "dubbed.mkv", frames=8, audio=2)  # two languages
     report = transcode(colorizer, source, tmp_path / "out" / "dubbed.mkv", stabilize=0.5)
     assert report.audio == "aac,aac"
     with av.open(str(tmp_path / "out" / "dubbed.mkv")) as container:
@@ -176,6 +176,17 @@ def test_every_audio_track_is_copied_and_a_stream_with_no_frame_is_unreadable(co
     with pytest.raises(Unreadable, match="no frame could be decoded"):
         transcode(colorizer, empty, tmp_path / "out" / "empty.mkv", stabilize=0.5)
     assert not (tmp_path / "out" / "empty.mkv").exists()
+
+
+def test_a_size_change_mid_stream_is_scaled_to_the_first_size(colorizer, tmp_path):
+    source = size_change_video(tmp_path / "spliced.mkv")
+    sizes = {frame.shape[:2] for frame in video_facts(source)["frames"]}
+    assert sizes == {(48, 64), (64, 96)}
+    report = transcode(colorizer, source, tmp_path / "out" / "spliced.mkv", stabilize=0.5)
+    after = video_facts(tmp_path / "out" / "spliced.mkv")["frames"]
+    assert len(after) == report.frames == len(video_facts(source)["frames"])
+    assert {frame.shape[:2] for frame in after} == {(48, 64)}
+    assert any("frame size changes mid-stream" in note for note in report.notes)
 
 
 def test_an_interrupted_video_leaves_no_output(colorizer, tmp_path):
@@ -208,7 +219,7 @@ def test_cli_colours_a_folder_of_photos_and_videos_and_counts_the_bad(run_dir, t
     inputs = tmp_path / "inputs"
     inputs.mkdir()
     Image.new("L", (40, 30), 120).save(inputs / "photo.png")
-    make_video(inputs / "holiday.mp4", frames=10, audio=True)
+    make_video(inputs / "holiday.mp4", frames=10, audio=1)
     (inputs / "notes.mp4").write_text("not a video\n")
     audio_only(inputs / "song.m4v")
     result = run_script(

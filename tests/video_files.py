@@ -37,21 +37,18 @@ def make_video(
     fps: int = 25,
     pix_fmt: str = "yuv420p",
     codec: str | None = None,
-    audio: bool = False,
+    audio: int = 0,
     pts: list[int] | None = None,
 ) -> Path:
-    """A video at `path` (container from its suffix); `pts` (in 1/1000 s) for a variable
-    frame rate."""
+    """A video at `path` (container from its suffix) with `audio` tracks of a tone; `pts`
+    (in 1/1000 s) for a variable frame rate."""
     width, height = size
     out = av.open(str(path), "w")
     stream = out.add_stream(codec or CODECS[path.suffix], rate=fps)
     stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
     if pts is not None:
         stream.codec_context.time_base = Fraction(1, 1000)
-    sound = None
-    if audio:
-        sound = out.add_stream(AUDIO.get(path.suffix, "aac"), rate=48000)
-        sound.layout = "mono"
+    tracks = [_mono(out, AUDIO.get(path.suffix, "aac")) for _ in range(int(audio))]
     for i in range(frames):
         frame = av.VideoFrame.from_ndarray(frame_pixels(i, width, height), format="rgb24")
         if pts is not None:
@@ -60,10 +57,16 @@ def make_video(
             out.mux(packet)
     for packet in stream.encode(None):
         out.mux(packet)
-    if sound is not None:
+    for sound in tracks:
         _tone(out, sound, seconds=frames / fps)
     out.close()
     return path
+
+
+def _mono(out, codec: str):
+    sound = out.add_stream(codec, rate=48000)
+    sound.layout = "mono"
+    return sound
 
 
 def _tone(out, stream, *, seconds: float) -> None:
@@ -96,9 +99,7 @@ def rotate_mp4(path: Path) -> Path:
 
 def audio_only(path: Path) -> Path:
     out = av.open(str(path), "w")
-    sound = out.add_stream("aac", rate=48000)
-    sound.layout = "mono"
-    _tone(out, sound, seconds=0.3)
+    _tone(out, _mono(out, "aac"), seconds=0.3)
     out.close()
     return path
 
@@ -149,36 +150,43 @@ def damaged_video(path: Path, *, frames: int = 12, bad: set[int] = frozenset({6}
     return path
 
 
-def two_audio_tracks(path: Path) -> Path:
-    """An MKV with a video stream and two audio tracks (say, two languages)."""
-    out = av.open(str(path), "w")
-    stream = out.add_stream("libx264", rate=25)
-    stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
-    tracks = []
-    for _ in range(2):
-        sound = out.add_stream("aac", rate=48000)
-        sound.layout = "mono"
-        tracks.append(sound)
-    for i in range(8):
-        frame = av.VideoFrame.from_ndarray(frame_pixels(i, 64, 48), format="rgb24")
-        for packet in stream.encode(frame):
-            out.mux(packet)
-    for packet in stream.encode(None):
-        out.mux(packet)
-    for sound in tracks:
-        _tone(out, sound, seconds=0.32)
-    out.close()
-    return path
-
-
 def no_frames(path: Path) -> Path:
     """An MKV that declares a video stream but holds only audio packets."""
     out = av.open(str(path), "w")
     stream = out.add_stream("libx264", rate=25)
     stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
     stream.codec_context.open()
-    sound = out.add_stream("aac", rate=48000)
-    sound.layout = "mono"
-    _tone(out, sound, seconds=0.3)
+    _tone(out, _mono(out, "aac"), seconds=0.3)
     out.close()
+    return path
+
+
+def size_change_video(path: Path) -> Path:
+    """An MKV whose MPEG-2 stream switches from 64 x 48 to 96 x 64 half-way (two
+    recordings joined end to end, as a camera or a splice leaves them)."""
+    import io
+
+    def elementary(size: tuple[int, int], start: int) -> bytes:
+        buffer = io.BytesIO()
+        out = av.open(buffer, "w", format="mpeg2video")
+        stream = out.add_stream("mpeg2video", rate=25)
+        stream.width, stream.height, stream.pix_fmt = *size, "yuv420p"
+        for i in range(start, start + 6):
+            frame = av.VideoFrame.from_ndarray(frame_pixels(i, *size), format="rgb24")
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+        out.close()
+        return buffer.getvalue()
+
+    joined = path.with_suffix(".m2v")
+    joined.write_bytes(elementary((64, 48), 0) + elementary((96, 64), 6))
+    with av.open(str(joined)) as source, av.open(str(path), "w") as out:
+        stream = out.add_stream_from_template(source.streams.video[0])
+        for index, packet in enumerate(source.demux(source.streams.video[0])):
+            if packet.size:
+                packet.pts = packet.dts = index
+                packet.stream = stream
+                out.mux(packet)
     return path

@@ -303,8 +303,10 @@ def _read(container, video, audio, out: queue.Queue, stop: threading.Event, repo
                 item = _upright(frame, clock.pts(frame), report)
                 if size is None:
                     size = item.gray.size
-                elif item.gray.size != size and _RESIZED not in report.notes:
-                    report.notes.append(_RESIZED)
+                elif item.gray.size != size:  # the output stream has one size
+                    item = _scaled(item, size)
+                    if _RESIZED not in report.notes:
+                        report.notes.append(_RESIZED)
                 if not put(item):
                     return
                 frames += 1
@@ -321,6 +323,14 @@ def _read(container, video, audio, out: queue.Queue, stop: threading.Event, repo
 
 
 _RESIZED = "the frame size changes mid-stream: later frames are scaled to the first's size"
+
+
+def _scaled(frame: _Frame, size: tuple[int, int]) -> _Frame:
+    gray = frame.gray.resize(size, Image.Resampling.BICUBIC)
+    rgb = frame.rgb
+    if rgb is not None:
+        rgb = np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.BICUBIC))
+    return _Frame(frame.pts, gray, rgb)
 
 
 class _Clock:
